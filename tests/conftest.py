@@ -80,7 +80,9 @@ def trained_model_dir(settings: Settings, mnist: Mnist, models_dir: Path) -> Pat
     """A model trained once per session with the default recipe (tracked in the session's MLflow)."""
     from mnistops.train import TrainConfig, run_training
 
-    res = run_training(TrainConfig(seed=0), settings, out_dir=models_dir / "seed0", mnist=mnist, progress=False)
+    res = run_training(
+        TrainConfig(seed=0), settings, out_dir=models_dir / "seed0", mnist=mnist, progress=False
+    )
     return res.out_dir
 
 

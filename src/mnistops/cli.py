@@ -43,7 +43,9 @@ def data_fetch(
 
 @app.command()
 def train(
-    out: Annotated[Path | None, typer.Option(help="Model folder (default: timestamped under models dir).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Model folder (default: timestamped under models dir).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
     track: Annotated[bool, typer.Option(help="Track the run in MLflow.")] = True,

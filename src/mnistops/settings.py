@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     inference_backend: Literal["onnx", "torch"] = "onnx"
+    inference_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per request.")
     model_poll_seconds: float = Field(2.0, gt=0, description="How often serve checks the champion alias.")
     max_upload_bytes: int = Field(5_000_000, gt=0, description="Largest accepted upload.")
     max_batch: int = Field(256, gt=0, description="Largest /v1/predict/batch.")

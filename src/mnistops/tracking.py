@@ -32,4 +32,6 @@ def client(settings: Settings) -> MlflowClient:
     """An MlflowClient bound to the configured store (no global state)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=settings.tracking, registry_uri=settings.registry_uri or settings.tracking)
+    return MlflowClient(
+        tracking_uri=settings.tracking, registry_uri=settings.registry_uri or settings.tracking
+    )

@@ -89,7 +89,7 @@ def fit(
     model = MnistNet(cfg.model) if init is None else init
     model.train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(memory_format=fmt)  # type: ignore[call-overload]
     x01 = split.train_x.unsqueeze(1).float().div_(255.0)  # [N,1,28,28] in [0,1]
     y = split.train_y
     n, bs = len(x01), cfg.batch_size
@@ -105,9 +105,7 @@ def fit(
         div_factor=cfg.div_factor,
         final_div_factor=cfg.final_div_factor,
     )
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if cfg.use_bf16() else contextlib.nullcontext()
-    )
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.use_bf16() else contextlib.nullcontext()
     perm = torch.randperm(n, generator=g)
     losses: list[tuple[int, float]] = []
     t0 = time.perf_counter()
@@ -127,7 +125,8 @@ def fit(
                 losses.append((step, lv))
                 advance(step + 1, lv, (step + 1) * bs / (time.perf_counter() - t0))
     seconds = time.perf_counter() - t0
-    return model.to(memory_format=torch.contiguous_format).eval(), losses, seconds
+    model = model.to(memory_format=torch.contiguous_format)
+    return model.eval(), losses, seconds
 
 
 @contextlib.contextmanager
@@ -296,7 +295,9 @@ def _track(
         for i in range(0, len(allm), 1000):
             cl.log_batch(run_id, metrics=allm[i : i + 1000])
         for name in sorted(p.name for p in out_dir.iterdir() if p.is_file()):
-            cl.log_artifact(run_id, str(out_dir / name), artifact_path="model" if name.startswith("model") else None)
+            cl.log_artifact(
+                run_id, str(out_dir / name), artifact_path="model" if name.startswith("model") else None
+            )
         cl.set_terminated(run_id, "FINISHED")
     except BaseException:
         cl.set_terminated(run_id, "FAILED")

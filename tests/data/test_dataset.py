@@ -35,7 +35,7 @@ def test_split_is_fixed_disjoint_and_sized(mnist: Mnist) -> None:
     assert len(a.train_x) == 55000 and len(a.val_x) == 5000
     assert torch.equal(a.val_y, b.val_y) and torch.equal(a.val_x, b.val_x)
     # the validation images are not in the training part: compare exact image hashes
-    train_keys = {bytes(img.numpy()) for img in a.train_x[:: 11]}
+    train_keys = {bytes(img.numpy()) for img in a.train_x[::11]}
     assert not any(bytes(img.numpy()) in train_keys for img in a.val_x[:500])
     assert len(torch.unique(a.val_y)) == 10
 

@@ -31,7 +31,9 @@ def test_io_shapes(model_dir: Path, n: int) -> None:
 
 
 @pytest.mark.parametrize("threshold", [0.95, 0.99])
-def test_accuracy_above(model_dir: Path, mnist_test_data: tuple[torch.Tensor, torch.Tensor], threshold: float) -> None:
+def test_accuracy_above(
+    model_dir: Path, mnist_test_data: tuple[torch.Tensor, torch.Tensor], threshold: float
+) -> None:
     x, y = mnist_test_data
     assert accuracy(predict_logits(load_model(model_dir), x), y) > threshold
 
@@ -44,7 +46,9 @@ def test_single_image(model_dir: Path, mnist_test_data: tuple[torch.Tensor, torc
 
 
 @pytest.mark.parametrize("threshold", [0.90, 0.95])
-def test_noise_robustness(model_dir: Path, mnist_test_data: tuple[torch.Tensor, torch.Tensor], threshold: float) -> None:
+def test_noise_robustness(
+    model_dir: Path, mnist_test_data: tuple[torch.Tensor, torch.Tensor], threshold: float
+) -> None:
     x, y = mnist_test_data
     assert accuracy(predict_logits(load_model(model_dir), add_noise(x, 0.3)), y) > threshold
 
@@ -65,7 +69,15 @@ def test_onnx_alone_reproduces_reported_accuracy(
 
 def test_metrics_file_complete(model_dir: Path) -> None:
     m = json.loads((model_dir / "metrics.json").read_text())
-    for key in ("test_accuracy", "noisy_test_accuracy", "params", "train_seconds", "seed", "data_md5", "run_id"):
+    for key in (
+        "test_accuracy",
+        "noisy_test_accuracy",
+        "params",
+        "train_seconds",
+        "seed",
+        "data_md5",
+        "run_id",
+    ):
         assert key in m
     for png in ("augmentation_samples.png", "confusion_matrix.png", "noisy_images_visualization.png"):
         assert (model_dir / png).stat().st_size > 1000

@@ -57,7 +57,9 @@ def test_crop_zooms_and_rotation_preserves_mass() -> None:
     # a 22→28 zoom scales ink area by (28/22)^2 ≈ 1.62
     ratio = float(zoomed.sum() / x.sum())
     assert 1.45 < ratio < 1.8
-    rot = AugmentParams(torch.tensor([90.0, -90.0]), torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    rot = AugmentParams(
+        torch.tensor([90.0, -90.0]), torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    )
     turned = apply_params(x, rot, AugmentConfig())
     assert abs(float(turned.sum() / x.sum()) - 1.0) < 0.05
     # a vertical bar becomes horizontal: its row profile spreads out
@@ -66,7 +68,9 @@ def test_crop_zooms_and_rotation_preserves_mass() -> None:
 
 def test_output_range_and_fill_is_black() -> None:
     x = torch.ones(4, 1, 28, 28)
-    out = augment_batch(x, AugmentConfig(rotate_deg=15, crop_p=0, noise_p=0), torch.Generator().manual_seed(4))
+    out = augment_batch(
+        x, AugmentConfig(rotate_deg=15, crop_p=0, noise_p=0), torch.Generator().manual_seed(4)
+    )
     assert float(out.min()) >= 0 and float(out.max()) <= 1.0 + 1e-6
     # rotating an all-white image brings black (0) in at the corners for a non-zero angle
     assert float(out[:, :, 0, 0].min()) < 0.5

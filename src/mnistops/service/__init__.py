@@ -1,0 +1,1 @@
+"""The HTTP service: input decoding, MNIST-style preprocessing, inference and model hot-swapping."""
