@@ -81,6 +81,145 @@ def evaluate(model_dir: Annotated[Path, typer.Argument(help="A trained model fol
     _print_metrics({k: v for k, v in ev.items() if not isinstance(v, dict | list)}, "evaluation")
 
 
+def _registry() -> Any:
+    from mnistops.registry import Registry, configure
+
+    s = _settings()
+    configure(s)
+    return Registry(s)
+
+
+@app.command()
+def register(
+    model_dir: Annotated[Path, typer.Argument(help="A trained model folder.")],
+    quiet: Annotated[bool, typer.Option(help="Print only the version number.")] = False,
+) -> None:
+    """Register a trained folder as a new version of the registered model (idempotent per run)."""
+    version = _registry().register(model_dir)
+    console.print(version if quiet else f"registered [bold]{_settings().model_name}[/] version {version}")
+
+
+@app.command()
+def gate(
+    version: Annotated[str, typer.Argument(help="Registered version to gate.")],
+    report_dir: Annotated[Path | None, typer.Option(help="Also write gate_report.{json,md} here.")] = None,
+) -> None:
+    """Run the quality gates (same code as tests/model); exit non-zero on any failure."""
+    from mnistops.errors import GateFailedError
+    from mnistops.gates_report import write_reports
+
+    report = _registry().gate(version)
+    console.print(report.to_table())
+    if report_dir is not None:
+        write_reports(report, report_dir)
+    if not report.passed:
+        raise GateFailedError(f"version {version} failed: {', '.join(report.failed_checks)}")
+    console.print(f"[green]version {version} passed all gates[/]")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Recorded in the audit history.")] = "manual promotion",
+    force: Annotated[
+        bool, typer.Option(help="Promote even without a passed gate (logged loudly, tagged).")
+    ] = False,
+    actor: Annotated[str | None, typer.Option(help="Who promotes (default $USER@host).")] = None,
+) -> None:
+    """Move the champion alias to VERSION (refused unless its gate passed)."""
+    ev = _registry().promote(version, actor=actor, reason=reason, force=force)
+    console.print(
+        f"champion: {ev.from_version or '-'} → [bold]{ev.to_version}[/]"
+        + (" [red](FORCED)[/]" if force else "")
+    )
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Recorded in the audit history.")] = "manual rollback",
+    actor: Annotated[str | None, typer.Option(help="Who rolls back (default $USER@host).")] = None,
+) -> None:
+    """Restore the previous champion in one step."""
+    frm, to = _registry().rollback(actor=actor, reason=reason)
+    console.print(f"rolled back: champion {frm} → [bold]{to}[/]")
+
+
+@app.command()
+def models() -> None:
+    """List registered versions with metrics, gate result, aliases and promotion info."""
+    print_models(_registry())
+
+
+def print_models(reg: Any) -> None:
+    """The registry table (also printed by the demo)."""
+    t = Table(title=f"registered model {reg.name}")
+    for col in (
+        "version",
+        "aliases",
+        "test acc",
+        "noisy acc",
+        "params",
+        "gate",
+        "promoted by",
+        "promoted at",
+    ):
+        t.add_column(col)
+    for v in reg.list_versions():
+        gate = (
+            "-"
+            if v.gate_passed is None
+            else ("[green]pass[/]" if v.gate_passed else "[red]FAIL[/] " + ",".join(v.gate_failed_checks))
+        )
+        t.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            f"{v.metrics.get('test_accuracy', float('nan')):.4f}",
+            f"{v.metrics.get('noisy_test_accuracy', float('nan')):.4f}",
+            str(int(v.metrics.get("params", 0))),
+            gate + (" [red](forced)[/]" if v.forced else ""),
+            v.promoted_by or "",
+            (v.promoted_at or "")[:19],
+        )
+    console.print(t)
+
+
+@app.command()
+def history(limit: Annotated[int | None, typer.Option(help="Only the last N events.")] = None) -> None:
+    """Promotion and rollback audit trail."""
+    t = Table(title="promotion history")
+    for col in ("time (UTC)", "action", "from", "to", "actor", "reason"):
+        t.add_column(col)
+    for e in _registry().history(limit):
+        action = e.action + (" (forced)" if e.forced else "")
+        t.add_row(e.time.isoformat()[:19], action, e.from_version or "-", e.to_version, e.actor, e.reason)
+    console.print(t)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default MNISTOPS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default MNISTOPS_PORT).")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the champion over HTTP (FastAPI + ONNX Runtime); follows promotions without restart."""
+    import uvicorn
+
+    s = _settings()
+    host, port = host or s.host, port or s.port
+    console.print(f"serving on [bold]http://{host}:{port}/[/] (docs /docs, dashboard /dashboard)")
+    uvicorn.run(
+        "mnistops.service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )
+
+
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     t = Table(title=title)
     t.add_column("metric")

@@ -1,0 +1,188 @@
+"""Durable promotion history: the ``promotion_events`` table in the operational database.
+
+MLflow keeps only the *current* alias targets (#2169/#6180: no production history, no rollback),
+so every promotion and rollback is also written here: time, action, from/to version, reason,
+actor and whether it was forced. Rollback walks this history back, any number of steps.
+
+The table lives in ``settings.database`` (SQLite by default, PostgreSQL by URL), next to the
+prediction log whose tables another module owns; this module owns only its own ``MetaData``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import CreateTable
+
+from mnistops.errors import StoreError
+
+metadata = sa.MetaData()
+promotion_events = sa.Table(
+    "promotion_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_name", sa.String(256), nullable=False, index=True),
+    sa.Column("action", sa.String(32), nullable=False),  # promote | rollback | auto-rollback
+    sa.Column("from_version", sa.String(32), nullable=True),
+    sa.Column("to_version", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("forced", sa.Boolean, nullable=False, default=False),
+    sa.Column("details", sa.Text, nullable=False, default="{}"),  # JSON: gate summary etc.
+)
+
+ACTIONS = ("promote", "rollback", "auto-rollback")
+_ENGINES: dict[str, Engine] = {}
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One promotion or rollback."""
+
+    time: datetime  # UTC
+    action: str  # promote | rollback | auto-rollback
+    from_version: str | None  # champion before (None for the first promotion)
+    to_version: str  # champion after
+    reason: str
+    actor: str
+    forced: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (ISO time), the shape of the dashboard's ``history`` entries."""
+        d = asdict(self)
+        d["time"] = self.time.isoformat()
+        return d
+
+
+def default_actor(client: str | None = None) -> str:
+    """Who is acting: ``api:<client>`` for API calls, else ``$USER@hostname``."""
+    if client:
+        return f"api:{client}"
+    user = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def engine_for(url: str) -> Engine:
+    """A cached engine for ``url`` with ``promotion_events`` created if missing.
+
+    Raises:
+        StoreError: the database is unreachable.
+    """
+    if url in _ENGINES:
+        return _ENGINES[url]
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        eng = sa.create_engine(url, pool_pre_ping=True)
+        with eng.begin() as conn:
+            # IF NOT EXISTS: two processes may create the table at the same moment
+            conn.execute(CreateTable(promotion_events, if_not_exists=True))
+            for idx in promotion_events.indexes:
+                conn.execute(sa.schema.CreateIndex(idx, if_not_exists=True))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"audit database {_safe(url)} unavailable: {exc}") from exc
+    _ENGINES[url] = eng
+    return eng
+
+
+def record(url: str, model_name: str, event: AuditEvent) -> AuditEvent:
+    """Append ``event`` and return it with its id.
+
+    Raises:
+        StoreError: the write failed.
+    """
+    if event.action not in ACTIONS:
+        raise ValueError(f"unknown audit action {event.action!r}")
+    row = {
+        "time": event.time,
+        "model_name": model_name,
+        "action": event.action,
+        "from_version": event.from_version,
+        "to_version": event.to_version,
+        "reason": event.reason,
+        "actor": event.actor,
+        "forced": event.forced,
+        "details": json.dumps(event.details, default=str),
+    }
+    try:
+        with engine_for(url).begin() as conn:
+            res = conn.execute(promotion_events.insert().values(**row))
+            pk = res.inserted_primary_key
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot write audit event to {_safe(url)}: {exc}") from exc
+    return AuditEvent(**{**asdict(event), "id": int(pk[0]) if pk else None})
+
+
+def history(url: str, model_name: str, limit: int | None = None) -> list[AuditEvent]:
+    """Events for ``model_name``, oldest first (the last ``limit`` if given)."""
+    t = promotion_events
+    q = sa.select(t).where(t.c.model_name == model_name).order_by(t.c.id.desc())
+    if limit is not None:
+        q = q.limit(limit)
+    try:
+        with engine_for(url).connect() as conn:
+            rows = conn.execute(q).mappings().all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read audit events from {_safe(url)}: {exc}") from exc
+    return [_event(r) for r in reversed(rows)]
+
+
+def _event(r: Any) -> AuditEvent:
+    when: datetime = r["time"]
+    if when.tzinfo is None:  # SQLite drops the zone; we always store UTC
+        when = when.replace(tzinfo=UTC)
+    return AuditEvent(
+        time=when,
+        action=r["action"],
+        from_version=r["from_version"],
+        to_version=r["to_version"],
+        reason=r["reason"],
+        actor=r["actor"],
+        forced=bool(r["forced"]),
+        details=json.loads(r["details"] or "{}"),
+        id=r["id"],
+    )
+
+
+def champion_stack(events: list[AuditEvent]) -> list[str]:
+    """Champion lineage implied by the history: promotions push, rollbacks pop.
+
+    ``stack[-1]`` is the champion, ``stack[-2]`` the version a rollback restores, and so on,
+    which is what lets rollback go back more than one step.
+    """
+    stack: list[str] = []
+    for e in events:
+        if e.action == "promote":
+            if not stack or stack[-1] != e.to_version:
+                stack.append(e.to_version)
+        else:
+            while stack and stack[-1] != e.to_version:
+                stack.pop()
+            if not stack:  # history began mid-way (e.g. a fresh audit DB): trust the event
+                stack.append(e.to_version)
+    return stack
+
+
+def now() -> datetime:
+    """Current UTC time (one place, so tests can reason about ordering)."""
+    return datetime.now(UTC)
+
+
+def _safe(url: str) -> str:
+    # never echo a password from a PostgreSQL URL into logs or error messages
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<invalid url>"

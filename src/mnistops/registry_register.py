@@ -1,0 +1,170 @@
+"""Registration: a trained model folder becomes a version of the registered model.
+
+The folder is saved as a pyfunc MLflow model (ONNX inside, tensor signature, input example,
+explicit pip requirements) and logged into its training run under ``mlflow_model/``; the version
+points at that artifact and carries provenance tags; the reference profile is built from the
+validation split and logged under ``reference_profile/``. Idempotent per run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mnistops.errors import ModelNotFoundError, RegistryError
+from mnistops.lock import locked
+from mnistops.registry import MODEL_PATH, PROFILE_PATH, REQUIRED_FILES, Registry
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from mnistops.data import Mnist
+
+log = logging.getLogger(__name__)
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def git_commit() -> str:
+    """Commit being registered: ``$GITHUB_SHA`` in CI, else ``git rev-parse HEAD``, else "unknown"."""
+    if sha := os.environ.get("GITHUB_SHA"):
+        return sha
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def register(
+    reg: Registry,
+    model_dir: Path,
+    run_id: str | None = None,
+    mnist: Mnist | None = None,
+    profile: bool = True,
+) -> str:
+    """Register a trained model folder as a new version (idempotent per run).
+
+    Args:
+        model_dir: folder with model.pt, model.onnx, metrics.json, config.json.
+        run_id: the training run; default ``metrics.json["run_id"]``; if neither, a new run
+            whose id is written back into ``metrics.json``.
+        mnist: data for the reference profile (loaded from the data dir if ``None``).
+        profile: build and log the reference profile.
+
+    Returns:
+        The version; the existing one if this run was registered before.
+
+    Raises:
+        ModelNotFoundError: a required file is missing.
+        RegistryError: the run does not exist in this store or MLflow failed.
+    """
+    missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"{model_dir} lacks {', '.join(missing)}")
+    metrics: dict[str, Any] = json.loads((model_dir / "metrics.json").read_text())
+    run_id = run_id or metrics.get("run_id")
+    if not run_id:
+        # an untracked folder: give it a run, and remember it so re-registering is idempotent
+        run_id = _new_run(reg, model_dir, metrics)
+        metrics["run_id"] = run_id
+        (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if not _RUN_ID.fullmatch(str(run_id)):  # it goes into a registry filter string
+        raise RegistryError(f"invalid run id {run_id!r} in {model_dir / 'metrics.json'}")
+    with locked(reg.settings, "registry"):
+        existing = reg.search_versions(f"run_id='{run_id}'")
+        if existing:
+            mv = existing[0]
+            log.info("run %s already registered as version %s", run_id, mv.version)
+        else:
+            mv = _create_version(reg, model_dir, run_id, metrics)
+    if profile and mv.tags.get("profile") != "true":
+        _log_profile(reg, str(mv.version), model_dir, run_id, mnist)
+    return str(mv.version)
+
+
+def _new_run(reg: Registry, model_dir: Path, metrics: dict[str, Any]) -> str:
+    from mlflow.entities import Metric
+
+    from mnistops.tracking import setup_tracking
+
+    exp = setup_tracking(reg.settings)
+    run = reg.client.create_run(exp, tags={"mnistops.kind": "register", "source_dir": str(model_dir)})
+    vals = [
+        Metric(k, float(v), 0, 0)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    reg.client.log_batch(run.info.run_id, metrics=vals)
+    reg.client.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
+
+
+def _create_version(reg: Registry, model_dir: Path, run_id: str, metrics: dict[str, Any]) -> ModelVersion:
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    from mnistops import registry_pyfunc as rp
+
+    cl = reg.client
+    try:
+        run = cl.get_run(run_id)
+    except MlflowException as exc:
+        raise RegistryError(f"run {run_id} not found in {reg.settings.tracking}: {exc.message}") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        pyf = Path(tmp) / MODEL_PATH
+        quiet = logging.getLogger("mlflow.pyfunc")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # silence the "CloudPickle" advisory on every registration
+        try:
+            mlflow.pyfunc.save_model(
+                path=str(pyf),
+                python_model=rp.OnnxDigitClassifier(),
+                artifacts={n: str(model_dir / n) for n in rp.ARTIFACTS},
+                signature=rp.signature(),
+                input_example=np.zeros((1, 28, 28), np.uint8),
+                pip_requirements=rp.pip_requirements(),
+                metadata={"mnistops_run_id": run_id},
+            )
+        finally:
+            quiet.setLevel(level)
+        cl.log_artifacts(run_id, str(pyf), MODEL_PATH)
+    try:
+        cl.create_registered_model(reg.name, description="MNIST digit classifier (mnistops)")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise RegistryError(f"cannot create registered model {reg.name}: {exc.message}") from exc
+    config = (model_dir / "config.json").read_text()
+    tags: dict[str, str] = {
+        "data_md5": str(metrics.get("data_md5", "unknown")),
+        "git_commit": git_commit(),
+        "params": str(metrics.get("params", "unknown")),
+        **{k: str(metrics[k]) for k in ("test_accuracy", "noisy_test_accuracy") if k in metrics},
+        "train_seed": str(metrics.get("seed", "")),
+        "train_config": json.dumps(json.loads(config), separators=(",", ":"))[:4900],
+        "source_dir": str(model_dir.resolve()),
+    }
+    tags = {k: v for k, v in tags.items() if v}  # a missing metric is no tag, not an empty one
+    mv = cl.create_model_version(reg.name, f"{run.info.artifact_uri}/{MODEL_PATH}", run_id=run_id, tags=tags)
+    log.info("registered %s version %s from run %s", reg.name, mv.version, run_id)
+    return mv
+
+
+def _log_profile(reg: Registry, version: str, model_dir: Path, run_id: str, mnist: Mnist | None) -> None:
+    from mnistops.data import load_mnist, split_train_val
+    from mnistops.model import load_model
+    from mnistops.profile import build_profile
+
+    split = split_train_val(mnist or load_mnist(reg.settings.data_path))
+    prof = build_profile(load_model(model_dir), split.val_x, split.val_y, version=version)
+    with tempfile.TemporaryDirectory() as tmp:
+        reg.client.log_artifacts(run_id, str(prof.save(Path(tmp))), PROFILE_PATH)
+    reg.set_tags(version, {"profile": "true", "temperature": f"{prof.temperature:.6g}"})

@@ -1,0 +1,220 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` wires the prediction store and its batching logger, the model follower
+(which tracks the registry's ``champion`` alias), metrics, routes and error mapping. Nothing is
+created on import; the lifespan builds and tears everything down (SIGTERM → uvicorn shutdown →
+the logger flushes every accepted prediction).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnistops import __version__
+from mnistops.errors import MnistopsError
+from mnistops.service.inference import ModelFollower
+from mnistops.service.metrics import LogCollector, ServiceMetrics
+from mnistops.service.routes import admin, ops, predict
+from mnistops.service.routes.ops import static_dir
+from mnistops.service.state import Resolver, ServiceState
+from mnistops.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: request counts and latency by route template (cheap on the hot path)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or (
+                "/static" if scope["path"].startswith("/static") else "other"
+            )
+            self.metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
+            self.metrics.latency.labels(route=path).observe(time.perf_counter() - t0)
+
+
+def _error(status: int, code: str, detail: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error to a JSON ``{error, detail}`` body with the right status."""
+
+    @app.exception_handler(MnistopsError)
+    async def _ours(_: Request, exc: MnistopsError) -> JSONResponse:
+        return _error(exc.http_status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()[:20]
+        ]
+        return _error(422, "validation_error", errs)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            exc.status_code, "http_error"
+        )
+        return _error(exc.status_code, code, exc.detail)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug if reached
+        log.exception("unhandled error")
+        return _error(500, "internal_error", "unexpected server error (logged)")
+
+
+def default_resolver(settings: Settings) -> tuple[Resolver, Any]:
+    """Follow the registry's ``champion`` alias (one registry call per poll)."""
+    from mnistops.registry import Registry
+
+    reg = Registry(settings)
+    return (lambda: reg.resolve_alias("champion")), reg
+
+
+def _shadow_runner(settings: Settings, reg: Any, logger: Any, metrics: ServiceMetrics) -> Any:
+    from mnistops.service.shadow import ShadowRunner
+
+    def resolve() -> tuple[str, Path] | None:
+        version = reg.alias_version("challenger")
+        champion = reg.alias_version("champion")
+        if version is None or version == champion:
+            return None
+        return version, reg.download(version)
+
+    return ShadowRunner(
+        resolve,
+        logger.submit_shadow,
+        max_requests=settings.shadow_requests,
+        poll_seconds=settings.model_poll_seconds,
+        on_agreement=metrics.shadow_agreement.set,
+        backend=settings.inference_backend,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    resolver: Resolver | None = None,
+    registry_ops: Any = None,
+    on_start: Callable[[ServiceState], None] | None = None,
+) -> FastAPI:
+    """Build the app.
+
+    Args:
+        settings: service settings (default: from the environment).
+        resolver: returns ``(version, model_dir)`` of the model to serve; default follows the
+            registry's champion alias.
+        registry_ops: object with promote/rollback/get_version/history (default: the registry).
+        on_start: hook called with the state once everything is up (e.g. start the monitor).
+    """
+    settings = settings or get_settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from mnistops.monitor.logger import PredictionLogger
+        from mnistops.monitor.store import PredictionStore
+
+        settings.ensure_dirs()
+        res, reg = resolver, registry_ops
+        if res is None:
+            res, default_reg = default_resolver(settings)
+            reg = reg or default_reg
+        store = PredictionStore(settings.database)
+        logger = PredictionLogger(
+            store,
+            settings.spill_path,
+            batch_size=settings.log_batch_size,
+            flush_seconds=settings.log_flush_seconds,
+        )
+
+        def on_change(old: Any, new: Any) -> None:
+            metrics.set_model(new.version, new.backend)
+            metrics.model_swaps.inc()
+            log.info("now serving model version %s (%s)", new.version, new.backend)
+
+        follower = ModelFollower(
+            res,
+            backend=settings.inference_backend,
+            poll_seconds=settings.model_poll_seconds,
+            intra_op_threads=settings.inference_threads,
+            on_change=on_change,
+        )
+        state = ServiceState(
+            settings=settings,
+            metrics=metrics,
+            follower=follower,
+            store=store,
+            logger=logger,
+            registry_ops=reg,
+        )
+        metrics.registry.register(LogCollector(state.logger_stats))
+        follower.start()
+        if reg is not None and (settings.shadow_requests > 0 or settings.canary_share > 0):
+            state.shadow = _shadow_runner(settings, reg, logger, metrics).start()
+        app.state.service = state
+        if on_start is not None:
+            on_start(state)
+        try:
+            yield
+        finally:
+            for bg in reversed(state.background):
+                try:
+                    bg.stop()
+                except Exception:  # keep shutting down the rest
+                    log.exception("stopping %r failed", bg)
+            follower.stop()
+            if state.shadow is not None:
+                state.shadow.stop()
+            logger.close()  # flush: nothing accepted is lost
+            store.close()
+            app.state.service = None
+
+    app = FastAPI(
+        title="mnistops",
+        version=__version__,
+        description="MNIST digit classifier with a durable prediction log, feedback and monitoring.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(predict.router)
+    app.include_router(admin.router)
+    app.include_router(ops.router)
+    from mnistops.service.routes import monitoring
+
+    app.include_router(monitoring.router)
+    app.mount("/static", StaticFiles(directory=Path(static_dir())), name="static")
+    return app

@@ -1,0 +1,155 @@
+"""Prediction and feedback routes."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from mnistops.errors import BatchSizeError, InputError, InvalidImageError, PayloadTooLargeError
+from mnistops.monitor.records import PredictionRecord
+from mnistops.service import preprocess
+from mnistops.service.deps import StateDep
+from mnistops.service.schemas import (
+    BatchIn,
+    BatchOut,
+    ErrorOut,
+    FeedbackIn,
+    FeedbackOut,
+    ImageIn,
+    PredictionOut,
+)
+from mnistops.service.state import ServiceState
+
+router = APIRouter(prefix="/v1", tags=["predictions"])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
+}
+
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ImageIn"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+
+
+def _image_from_json(item: ImageIn, max_bytes: int) -> np.ndarray:
+    if item.pixels is not None:
+        return preprocess.from_pixels(item.pixels, preprocess=item.preprocess)
+    assert item.image_base64 is not None  # the model validator guarantees one source
+    return preprocess.from_base64(item.image_base64, max_bytes)
+
+
+def _predict(
+    state: ServiceState, images: np.ndarray, clients: list[str | None], t0: float
+) -> list[PredictionOut]:
+    """Run the model on uint8 [N,28,28], queue the log rows, then answer (nothing returned unlogged)."""
+    model, served_by = state.pick_model()
+    probs, _ = model.classifier.predict(images)
+    latency_ms = (time.perf_counter() - t0) * 1000.0
+    out: list[PredictionOut] = []
+    m = state.metrics
+    for i in range(len(images)):
+        rec = PredictionRecord.create(
+            images[i],
+            probs[i],
+            model.version,
+            latency_ms,
+            client=clients[i],
+            served_by=served_by,  # type: ignore[arg-type]
+        )
+        state.logger.submit(rec)  # returns once queued; the writer thread batches it into the store
+        if state.shadow is not None and served_by == "champion":
+            state.shadow.offer(rec.id, images[i], rec.label)
+        m.predictions.labels(label=str(rec.label), model_version=model.version).inc()
+        m.confidence.observe(rec.confidence)
+        out.append(
+            PredictionOut(
+                prediction_id=rec.id,
+                label=rec.label,
+                probabilities=[float(p) for p in probs[i]],
+                confidence=rec.confidence,
+                model_version=model.version,
+                latency_ms=round(latency_ms, 3),
+            )
+        )
+    return out
+
+
+async def _read_upload(request: Request, max_bytes: int) -> bytes:
+    form = await request.form(max_files=1, max_fields=4, max_part_size=max_bytes + 1)
+    file = form.get("file")
+    if file is None or isinstance(file, str):
+        raise InputError("multipart body needs a `file` part with the image")
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLargeError(f"upload exceeds {max_bytes} bytes")
+    return data
+
+
+@router.post(
+    "/predict",
+    response_model=PredictionOut,
+    responses=ERRORS,
+    openapi_extra=_PREDICT_BODY,
+    summary="Classify one image (JSON pixels, base64 image, or a multipart upload)",
+)
+async def predict(request: Request, state: StateDep) -> PredictionOut:
+    """Classify one digit image. Uploaded photos/scans are preprocessed the MNIST way."""
+    t0 = time.perf_counter()
+    max_bytes = state.settings.max_upload_bytes
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        data = await _read_upload(request, max_bytes)
+        image = await run_in_threadpool(preprocess.decode_image, data, max_bytes)
+        client = request.headers.get("x-client")
+    elif ctype in ("application/json", ""):
+        body = await request.body()
+        if len(body) > 4 * max_bytes // 3 + 4096:  # base64 inflates by 4/3
+            raise PayloadTooLargeError(f"body exceeds the {max_bytes}-byte image limit")
+        try:
+            item = ImageIn.model_validate_json(body)
+        except ValidationError as exc:
+            raise InputError(_validation_detail(exc)) from None
+        image = _image_from_json(item, max_bytes)
+        client = item.client
+    else:
+        raise InvalidImageError(f"unsupported content type {ctype!r}: send JSON or multipart/form-data")
+    return _predict(state, image[None], [client], t0)[0]
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    errs = exc.errors(include_url=False, include_input=False)[:3]
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errs)
+
+
+@router.post("/predict/batch", response_model=BatchOut, responses=ERRORS, summary="Classify up to 256 images")
+def predict_batch(batch: BatchIn, state: StateDep) -> BatchOut:
+    """Classify a batch (JSON items); predictions come back in input order."""
+    t0 = time.perf_counter()
+    if len(batch.items) > state.settings.max_batch:
+        raise BatchSizeError(f"batch of {len(batch.items)} exceeds max_batch={state.settings.max_batch}")
+    images = np.stack([_image_from_json(it, state.settings.max_upload_bytes) for it in batch.items])
+    return BatchOut(predictions=_predict(state, images, [it.client for it in batch.items], t0))
+
+
+@router.post("/feedback", response_model=FeedbackOut, responses=ERRORS, summary="Report the true label")
+def feedback(body: FeedbackIn, state: StateDep) -> FeedbackOut:
+    """Attach the delayed ground truth to a logged prediction (idempotent; unknown id → 404)."""
+    status = state.logger.add_feedback(body.prediction_id, body.true_label)
+    state.metrics.feedback.labels(status=status).inc()
+    return FeedbackOut(prediction_id=body.prediction_id, true_label=body.true_label, status=status)
