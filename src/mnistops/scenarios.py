@@ -1,7 +1,8 @@
 """Synthetic production shifts on uint8 digits, shared by the demo, the drift benchmark and tests.
 
 Every transform takes uint8 images [N,28,28] and a numpy Generator and returns uint8 [N,28,28];
-``apply_shift`` applies one to an affected fraction δ of a window.
+``sample_stream`` applies one to an affected fraction δ of a window; ``sample_indices`` draws the
+same window as indices only (for benchmarks that transform a whole pool once).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mnistops.errors import DataError
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -92,6 +95,17 @@ def invert() -> Transform:
     return f
 
 
+def foreign(pool: np.ndarray) -> Transform:
+    """Replace each image by a random image of another dataset (e.g. Fashion-MNIST), uint8 [M,28,28]."""
+    if pool.ndim != 3 or pool.shape[1:] != (28, 28) or pool.dtype != np.uint8 or len(pool) == 0:
+        raise DataError(f"foreign pool must be non-empty uint8 [M,28,28], got {pool.dtype} {pool.shape}")
+
+    def f(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return pool[rng.integers(0, len(pool), len(images))].copy()
+
+    return f
+
+
 def compose(*fs: Transform) -> Transform:
     """Apply transforms in order."""
 
@@ -136,6 +150,29 @@ SCENARIOS: dict[str, Scenario] = {
 DEMO_SHIFT = compose(rotate(45), thicken(1), noise(40))
 
 
+def sample_indices(
+    labels: np.ndarray, n: int, scenario: Scenario, delta: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of a labelled pool form a window, and which of them are shifted.
+
+    The index-only half of :func:`sample_stream` (same random draws, same order), for benchmarks that
+    transform a whole pool once and then assemble many windows by index.
+
+    Returns:
+        (indices into the pool [n], affected bool [n]; all False for scenarios without a transform).
+    """
+    pool = np.arange(len(labels))
+    if scenario.knockout_class is not None:
+        # knock-out ignores delta: it removes a share of one class from the whole window
+        drop = (labels == scenario.knockout_class) & (rng.random(len(labels)) < scenario.knockout_share)
+        pool = pool[~drop]
+    idx = rng.choice(pool, size=n, replace=len(pool) < n)
+    affected = np.zeros(n, dtype=bool)
+    if scenario.transform is not None and delta > 0:
+        affected = rng.random(n) < delta
+    return idx, affected
+
+
 def sample_stream(
     images: np.ndarray,
     labels: np.ndarray,
@@ -149,17 +186,8 @@ def sample_stream(
     Returns:
         (images uint8 [n,28,28], labels [n], affected bool [n]).
     """
-    pool = np.arange(len(images))
-    if scenario.knockout_class is not None:
-        # knock-out ignores delta: it removes a share of one class from the whole window
-        drop = (labels == scenario.knockout_class) & (rng.random(len(labels)) < scenario.knockout_share)
-        keep = ~drop
-        pool = pool[keep]
-    idx = rng.choice(pool, size=n, replace=len(pool) < n)
+    idx, affected = sample_indices(labels, n, scenario, delta, rng)
     x, y = images[idx].copy(), labels[idx]
-    affected = np.zeros(n, dtype=bool)
-    if scenario.transform is not None and delta > 0:
-        affected = rng.random(n) < delta
-        if affected.any():
-            x[affected] = scenario.transform(x[affected], rng)
+    if scenario.transform is not None and affected.any():
+        x[affected] = scenario.transform(x[affected], rng)
     return x, y, affected

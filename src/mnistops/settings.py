@@ -50,11 +50,19 @@ class Settings(BaseSettings):
     alerts_file: Path | None = Field(None, description="Alert rules YAML; default built-ins.")
     webhook_urls: list[str] = Field(default_factory=list, description="Alert webhook receivers.")
     # --- closed loop -------------------------------------------------------------------
+    loop_in_serve: bool = Field(
+        False, description="Run monitor + closed loop (retrain/shadow/watch) in `serve`."
+    )
     shadow_requests: int = Field(500, ge=0, description="Requests the challenger shadows.")
+    shadow_min_labelled: int = Field(50, ge=1, description="Labelled shadowed requests before a verdict.")
+    retrain_min_labelled: int = Field(100, ge=0, description="Labelled production inputs needed to retrain.")
     canary_share: float = Field(0.0, ge=0, le=1, description="Share answered by the challenger.")
     retrain_cooldown_seconds: float = Field(300.0, ge=0)
     retrain_production_share: float = Field(0.3, ge=0, le=1)
     retrain_mode: Literal["finetune", "scratch"] = "finetune"
+    retrain_epoch_size: int | None = Field(
+        None, ge=1000, description="Images per retraining epoch; default 55k."
+    )
     watch_windows: int = Field(3, ge=1, description="Windows watched after a promotion.")
     rollback_tolerance: float = Field(0.02, ge=0, description="Accuracy drop that triggers rollback.")
 

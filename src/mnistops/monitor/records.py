@@ -159,6 +159,7 @@ class PredictionWindow:
     latency_ms: np.ndarray  # float64 [N]
     served_by: np.ndarray  # str [N]
     true_labels: np.ndarray  # int64 [N], -1 = no feedback yet
+    clients: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))  # str [N], "" = none
 
     def __len__(self) -> int:
         return int(self.seqs.shape[0])

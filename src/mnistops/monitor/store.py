@@ -44,7 +44,7 @@ __all__ = [
 P = predictions.c
 # column order of every bulk read (see _to_window)
 _COLS = (P.seq, P.id, P.ts, P.model_version, P.image, P.probs, P.label, P.confidence, P.latency_ms)
-_COLS2 = (P.served_by, P.true_label)
+_COLS2 = (P.served_by, P.true_label, P.client)
 
 
 def _probs_blob(probs: Sequence[float]) -> bytes:
@@ -57,7 +57,7 @@ def _to_window(rows: Sequence[Any]) -> PredictionWindow:
         cols: list[tuple[Any, ...]] = [()] * (len(_COLS) + len(_COLS2))
     else:
         cols = list(zip(*rows, strict=True))
-    seq, ids, ts, mv, img, probs, label, conf, lat, served, true = cols
+    seq, ids, ts, mv, img, probs, label, conf, lat, served, true, client = cols
     return PredictionWindow(
         ids=np.array(ids, dtype=str),
         seqs=np.array(seq, dtype=np.int64),
@@ -71,6 +71,7 @@ def _to_window(rows: Sequence[Any]) -> PredictionWindow:
         latency_ms=np.array(lat, dtype=np.float64),
         served_by=np.array(served, dtype=str),
         true_labels=np.array([-1 if t is None else t for t in true], dtype=np.int64),
+        clients=np.array(["" if c is None else c for c in client], dtype=str),
     )
 
 

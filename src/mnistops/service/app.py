@@ -128,7 +128,7 @@ def create_app(
     settings: Settings | None = None,
     resolver: Resolver | None = None,
     registry_ops: Any = None,
-    on_start: Callable[[ServiceState], None] | None = None,
+    on_start: Callable[[ServiceState], object] | None = None,
 ) -> FastAPI:
     """Build the app.
 
@@ -187,6 +187,14 @@ def create_app(
         app.state.service = state
         if on_start is not None:
             on_start(state)
+        elif settings.loop_in_serve:
+            from mnistops.loop import attach_loop
+
+            attach_loop(state)
+        elif settings.monitor_in_serve:
+            from mnistops.monitor.runner import attach_to_service
+
+            attach_to_service(state)
         try:
             yield
         finally:

@@ -58,6 +58,9 @@ class ServiceMetrics:
             registry=r,
         )
         self.feedback = Counter("mnistops_feedback", "Feedback labels received.", ["status"], registry=r)
+        self.rollbacks = Counter(
+            "mnistops_rollbacks", "Automatic rollbacks by the post-promotion watch.", registry=r
+        )
         self.model_swaps = Counter("mnistops_model_swaps", "Hot swaps of the served model.", registry=r)
         self._info_labels: tuple[str, str] | None = None
 

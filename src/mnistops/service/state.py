@@ -34,6 +34,7 @@ class ServiceState:
     logger: PredictionLogger
     shadow: ShadowRunner | None = None
     registry_ops: Any = None  # module-like object with promote/rollback/history/list_versions
+    loop: Any = None  # the ClosedLoop when it runs in this process
     background: list[Any] = field(default_factory=list)  # monitor loop etc., stopped on shutdown
     rng: random.Random = field(default_factory=random.Random)
 

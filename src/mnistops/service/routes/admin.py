@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
 
 from mnistops.errors import FeatureDisabledError
 from mnistops.service.deps import AdminDep, StateDep
@@ -13,7 +16,7 @@ from mnistops.service.schemas import AliasChangeOut, PromoteIn, RollbackIn
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
-def _registry(state: StateDep) -> object:
+def _registry(state: StateDep) -> Any:
     if state.registry_ops is None:
         raise FeatureDisabledError("this service runs without a model registry")
     return state.registry_ops
@@ -23,7 +26,7 @@ def _registry(state: StateDep) -> object:
 async def promote(body: PromoteIn, state: StateDep, actor: AdminDep) -> AliasChangeOut:
     """Promote a gated version to champion (``force`` skips the gate check, loudly)."""
     reg = _registry(state)
-    ev = await run_in_threadpool(reg.promote, body.version, actor, body.reason, body.force)  # type: ignore[attr-defined]
+    ev = await run_in_threadpool(reg.promote, body.version, actor, body.reason, body.force)
     await run_in_threadpool(state.follower.poll_once)  # serve it now rather than at the next poll
     return AliasChangeOut(action=ev.action, from_version=ev.from_version, to_version=ev.to_version)
 
@@ -32,6 +35,36 @@ async def promote(body: PromoteIn, state: StateDep, actor: AdminDep) -> AliasCha
 async def rollback(body: RollbackIn, state: StateDep, actor: AdminDep) -> AliasChangeOut:
     """Restore the previous champion in one step."""
     reg = _registry(state)
-    frm, to = await run_in_threadpool(reg.rollback, actor, body.reason)  # type: ignore[attr-defined]
+    frm, to = await run_in_threadpool(reg.rollback, actor, body.reason)
     await run_in_threadpool(state.follower.poll_once)
     return AliasChangeOut(action="rollback", from_version=frm, to_version=to)
+
+
+class RetrainIn(BaseModel):
+    """Start a retraining job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=500)] = "requested via API"
+
+
+class RetrainOut(BaseModel):
+    """The job that runs (an already active job is returned instead of a second one)."""
+
+    job_id: int
+    state: str
+
+
+@router.post("/retrain", response_model=RetrainOut, responses=ERRORS)
+async def retrain(body: RetrainIn, state: StateDep, actor: AdminDep) -> RetrainOut:
+    """Queue a retraining job (one at a time) and run it in the background."""
+    reg = _registry(state)
+    jobs = state.loop.jobs if state.loop is not None else None
+    if jobs is None:
+        from mnistops.retrain import RetrainJobRunner
+
+        epoch = state.settings.retrain_epoch_size
+        jobs = RetrainJobRunner(state.settings, state.store, reg, epoch_size=epoch)
+    job_id = await run_in_threadpool(jobs.start_async, f"api:{actor}", {"reason": body.reason})
+    job = await run_in_threadpool(state.store.get_job, job_id)
+    return RetrainOut(job_id=job_id, state=job.state)

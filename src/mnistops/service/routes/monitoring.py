@@ -254,3 +254,49 @@ def alerts(state: StateDep, limit: int = Query(100, ge=1, le=1000)) -> list[Aler
         )
         for a in state.store.list_alerts(limit=limit)
     ]  # fmt: skip
+
+
+class LoopEventOut(BaseModel):
+    """One closed-loop step."""
+
+    ts: float
+    seq: int
+    kind: str
+    detail: str
+    version: str | None
+    data: dict[str, Any]
+
+
+@router.get("/loop/events", response_model=list[LoopEventOut], responses=ERRORS)
+def loop_events(state: StateDep) -> list[LoopEventOut]:
+    """Timeline of the closed loop (empty when it does not run in this process)."""
+    if state.loop is None:
+        return []
+    return [LoopEventOut(**e) for e in state.loop.snapshot()]
+
+
+class JobOut(BaseModel):
+    """A retraining job."""
+
+    id: int
+    state: str
+    trigger: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    version: str | None
+    error: str | None
+    details: dict[str, Any]
+    log: str
+
+
+@router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
+def jobs(state: StateDep, limit: int = Query(20, ge=1, le=200)) -> list[JobOut]:
+    """Retraining jobs, newest first (state, timings, logs)."""
+    return [
+        JobOut(
+            id=j.id, state=j.state, trigger=j.trigger, created_at=j.created_at, started_at=j.started_at,
+            finished_at=j.finished_at, version=j.version, error=j.error, details=j.details or {}, log=j.log,
+        )
+        for j in state.store.list_jobs(limit=limit)
+    ]  # fmt: skip

@@ -1,0 +1,5 @@
+"""`python -m mnistops` = the `mnistops` command."""
+
+from mnistops.cli import main
+
+main()

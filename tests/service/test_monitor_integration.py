@@ -1,0 +1,167 @@
+"""The monitor inside the service: a drifted stream replayed through the API fires an alert that reaches a
+loopback webhook, /metrics and the dashboard data."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from mnistops.data import Mnist, split_train_val
+from mnistops.errors import ModelNotFoundError
+from mnistops.evaluate import rotate
+from mnistops.model import load_model
+from mnistops.monitor.runner import MonitorRunner, attach_to_service
+from mnistops.profile import build_profile
+from mnistops.service.app import create_app
+from mnistops.service.state import ServiceState
+from mnistops.settings import Settings
+
+pytestmark = pytest.mark.slow
+N_REF = 2000  # validation images in the profile; the next ones are clean held-out traffic
+
+
+class FakeRegistry:
+    """Version "1" is the session's trained model with a profile from the validation split."""
+
+    def __init__(self, model_dir: Path, profile_dir: Path) -> None:
+        self.model_dir, self.profile_dir = model_dir, profile_dir
+
+    def download(self, version: str) -> Path:
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return self.model_dir
+
+    def download_profile(self, version: str) -> Path:
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return self.profile_dir
+
+    def alias_version(self, alias: str) -> str | None:
+        return "1" if alias == "champion" else None
+
+    def history(self, limit: int | None = None) -> list[Any]:
+        return []
+
+
+@pytest.fixture(scope="module")
+def profile_dir(trained_model_dir: Path, mnist: Mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    s = split_train_val(mnist)
+    prof = build_profile(load_model(trained_model_dir), s.val_x[:N_REF], s.val_y[:N_REF], version="1")
+    return prof.save(tmp_path_factory.mktemp("profile"))
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback receiver: (url, received JSON bodies)."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+def start_monitor(state: ServiceState) -> None:
+    """``on_start`` hook (create_app types it as returning None)."""
+    attach_to_service(state)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def post_images(client: TestClient, images: torch.Tensor, batch: int = 100) -> None:
+    for i in range(0, len(images), batch):
+        items = [{"pixels": img.tolist()} for img in images[i : i + batch]]
+        r = client.post("/v1/predict/batch", json={"items": items})
+        assert r.status_code == 200, r.text
+
+
+def test_drifted_stream_alerts_webhook_metrics_dashboard(
+    trained_model_dir: Path,
+    profile_dir: Path,
+    mnist: Mnist,
+    tmp_path: Path,
+    webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, received = webhook
+    settings = Settings(
+        home=tmp_path,
+        window_size=200,
+        monitor_interval_seconds=0.2,
+        webhook_urls=[url],
+        shadow_requests=0,
+    )
+    registry = FakeRegistry(trained_model_dir, profile_dir)
+    app = create_app(
+        settings,
+        resolver=lambda: ("1", trained_model_dir),
+        registry_ops=registry,
+        on_start=start_monitor,
+    )
+    s = split_train_val(mnist)
+    clean = s.val_x[N_REF : N_REF + 400]  # held out from the profile and from training
+    perm = torch.randperm(len(mnist.test_images), generator=torch.Generator().manual_seed(0))[:400]
+    drifted = rotate(mnist.test_images[perm], max_deg=40.0, seed=0)
+    with TestClient(app) as client:
+        state = app.state.service
+        runner = next(bg for bg in state.background if isinstance(bg, MonitorRunner))
+        post_images(client, clean)
+        post_images(client, drifted)
+        assert wait_for(lambda: state.store.count() == 800), "prediction log not flushed"
+        runner.step()  # deterministic: everything logged is processed when this returns
+        windows = state.store.latest_windows(10)
+        assert [w.drifted for w in windows[:2]] == [False, False]
+        assert len(windows) == 4
+        assert windows[2].drifted or windows[3].drifted  # within 2 windows of the shift
+
+        def hook_has_firing() -> bool:
+            return any(
+                a["status"] == "firing" and a["labels"]["alertname"] == "DataDrift"
+                for body in list(received)
+                for a in body["alerts"]
+            )
+
+        assert wait_for(hook_has_firing), f"webhook got {received}"
+
+        metrics = client.get("/metrics").text
+        assert 'mnistops_alerts_firing{rule="DataDrift",severity="warning"} 1.0' in metrics
+        assert 'mnistops_drift_detected{detector="combined"} 1.0' in metrics
+        assert 'mnistops_drift_score{detector="mmd"}' in metrics
+        assert "mnistops_monitor_windows_total 4.0" in metrics
+        assert "mnistops_estimated_accuracy " in metrics
+
+        dash = client.get("/v1/dashboard").json()
+        firing = [a for a in dash["alerts"] if a["state"] == "firing"]
+        assert "DataDrift" in {a["rule"] for a in firing}
+        assert len(dash["windows"]) == 4 and any(w["drifted"] for w in dash["windows"])
+        for w in dash["windows"]:
+            assert {"bbsd", "mmd", "prior", "inputs", "ood", "combined"} <= set(w["detectors"])
+            assert w["estimated_accuracy"] is not None and w["n"] == 200
+    assert not runner.running  # stopped with the app
