@@ -28,7 +28,7 @@ class AugmentConfig:
     crop_p: float = 0.1  # probability of the centre crop + resize
     crop_size: int = 22  # side of the centre crop, in pixels of the 28x28 image
     noise_p: float = 0.0  # probability of additive Gaussian noise (not in the seed)
-    noise_sigma: float = 0.3  # its std on the [0,1] pixel scale; result clipped to [0,1]
+    noise_sigma: float = 0.4  # max std on the [0,1] scale (uniform per sample); result clipped to [0,1]
 
     @property
     def enabled(self) -> bool:
@@ -95,7 +95,9 @@ def apply_params(
     grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
     out = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if cfg.noise_p > 0 and bool(params.noisy.any()):
-        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype) * cfg.noise_sigma
+        # per-sample sigma ~ U(0, noise_sigma): robust to the whole range of noise levels
+        sigma = torch.rand(out.shape[0], 1, 1, 1, generator=generator, dtype=out.dtype) * cfg.noise_sigma
+        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype) * sigma
         out = torch.where(params.noisy.view(-1, 1, 1, 1), (out + noise).clamp_(0, 1), out)
     return out
 

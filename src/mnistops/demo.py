@@ -56,6 +56,18 @@ class DemoResult:
     errors: int = 0
 
 
+@dataclass(frozen=True)
+class LoopDemoConfig:
+    """Sizes and time limits of the closed-loop scenario (the e2e test uses a smaller one)."""
+
+    window: int = 250  # monitoring window (predictions)
+    clean_windows: int = 3  # phase 1 length
+    retrain_epoch: int = 20000  # images per retraining epoch (MNIST + production share)
+    shift_timeout: float = 240.0  # seconds for detection → retrain → shadow → promotion
+    rollback_timeout: float = 120.0  # seconds for the watch to roll the broken model back
+    label_share: float = 0.5  # share of predictions that get (delayed) feedback
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,7 +104,7 @@ def train_and_promote(settings: Settings, mnist: Mnist, seed: int = 0) -> tuple[
 
 
 # --- part 2 ---------------------------------------------------------------------------------
-def loop_settings(base: Settings, home: Path, port: int) -> dict[str, str]:
+def loop_settings(base: Settings, home: Path, port: int, cfg: LoopDemoConfig) -> dict[str, str]:
     """Environment of the demo's service (its own registry, store and prediction log)."""
     env = {
         "MNISTOPS_HOME": str(home),
@@ -100,7 +112,7 @@ def loop_settings(base: Settings, home: Path, port: int) -> dict[str, str]:
         "MNISTOPS_TRACKING_URI": f"sqlite:///{(home / 'mlflow.db').resolve()}",
         "MNISTOPS_PORT": str(port),
         "MNISTOPS_LOOP_IN_SERVE": "true",
-        "MNISTOPS_WINDOW_SIZE": "250",
+        "MNISTOPS_WINDOW_SIZE": str(cfg.window),
         "MNISTOPS_MONITOR_INTERVAL_SECONDS": "0.5",
         "MNISTOPS_MODEL_POLL_SECONDS": "1",
         "MNISTOPS_SHADOW_REQUESTS": "400",
@@ -108,7 +120,7 @@ def loop_settings(base: Settings, home: Path, port: int) -> dict[str, str]:
         "MNISTOPS_RETRAIN_MIN_LABELLED": "150",
         "MNISTOPS_RETRAIN_COOLDOWN_SECONDS": "60",
         "MNISTOPS_RETRAIN_PRODUCTION_SHARE": "0.3",
-        "MNISTOPS_RETRAIN_EPOCH_SIZE": "20000",
+        "MNISTOPS_RETRAIN_EPOCH_SIZE": str(cfg.retrain_epoch),
         "MNISTOPS_WATCH_WINDOWS": "2",
         "MNISTOPS_ROLLBACK_TOLERANCE": "0.05",
         "MNISTOPS_ADMIN_TOKEN": secrets.token_hex(8),
@@ -159,6 +171,17 @@ def _start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen[byte
     raise RuntimeError(f"service not ready after 120 s; see {log_path}")
 
 
+def _stop_service(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the service flushes its prediction log), then kill after 30 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _events(client: StreamClient) -> list[dict[str, Any]]:
     return list(client.get("/v1/loop/events"))  # type: ignore[call-overload]
 
@@ -199,7 +222,12 @@ def make_broken(model_dir: Path, out: Path, classes: tuple[int, ...] = (3, 5, 8)
 
 
 def run_loop_demo(
-    settings: Settings, mnist: Mnist, model_dir: Path, serve: bool, seed: int = 0
+    settings: Settings,
+    mnist: Mnist,
+    model_dir: Path,
+    serve: bool,
+    seed: int = 0,
+    cfg: LoopDemoConfig = LoopDemoConfig(),
 ) -> tuple[DemoResult, StreamClient, subprocess.Popen[bytes]]:
     """Phases 1-3 against a background service; returns the result, the client and the process."""
     from mnistops.registry import Registry, configure
@@ -209,89 +237,97 @@ def run_loop_demo(
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     port = settings.port if serve else _free_port()
-    env = loop_settings(settings, home, port)
+    env = loop_settings(settings, home, port, cfg)
     console.rule("[bold]closed loop: seeding the service's registry")
     _seed_loop_registry(env, model_dir, mnist)
     proc = _start_service(env, home / "service.log")
-    url = f"http://127.0.0.1:{port}"
-    console.print(f"service up at {url} (log {home / 'service.log'})")
-    client = StreamClient(url, seed=seed)
-    rng = np.random.default_rng(seed)
-    x_all, y_all = mnist.test_images.numpy(), mnist.test_labels.numpy()
-    res = DemoResult()
-    window = int(env["MNISTOPS_WINDOW_SIZE"])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        console.print(f"service up at {url} (log {home / 'service.log'})")
+        client = StreamClient(url, seed=seed, label_share=cfg.label_share)
+        rng = np.random.default_rng(seed)
+        x_all, y_all = mnist.test_images.numpy(), mnist.test_labels.numpy()
+        res = DemoResult()
+        window = cfg.window
 
-    def chunk(n: int, shifted: bool, phase: str) -> list[Served]:
-        idx = rng.integers(0, len(x_all), n)
-        x = x_all[idx]
-        if shifted:
-            x = DEMO_SHIFT(x, rng)
-        return client.send(x, y_all[idx], phase)
+        def chunk(n: int, shifted: bool, phase: str) -> list[Served]:
+            idx = rng.integers(0, len(x_all), n)
+            x = x_all[idx]
+            if shifted:
+                x = DEMO_SHIFT(x, rng)
+            return client.send(x, y_all[idx], phase)
 
-    # phase 1: clean traffic
-    console.rule("[bold]phase 1: clean digits")
-    for _ in range(3 * window // 50):
-        chunk(50, False, "clean")
-    console.print(f"clean accuracy {accuracy(client.served):.4f} on {len(client.served)} requests")
+        # phase 1: clean traffic
+        console.rule("[bold]phase 1: clean digits")
+        for _ in range(cfg.clean_windows * window // 50):
+            chunk(50, False, "clean")
+        console.print(f"clean accuracy {accuracy(client.served):.4f} on {len(client.served)} requests")
 
-    # phase 2: harmful shift until a retrained champion serves it
-    console.rule("[bold]phase 2: shifted digits (rotated, thicker, noisier) with delayed labels")
-    res.shift_start = len(client.served)
-    promoted_ev: dict[str, Any] | None = None
-    deadline = time.time() + 150
-    while time.time() < deadline:
-        job_running = any(e["kind"] == "retrain_started" for e in _events(client)) and not any(
-            e["kind"] == "retrain_finished" for e in _events(client)
+        # phase 2: harmful shift until a retrained champion serves it
+        console.rule("[bold]phase 2: shifted digits (rotated, thicker, noisier) with delayed labels")
+        res.shift_start = len(client.served)
+        promoted_ev: dict[str, Any] | None = None
+        deadline = time.time() + cfg.shift_timeout
+        while time.time() < deadline:
+            job_running = any(e["kind"] == "retrain_started" for e in _events(client)) and not any(
+                e["kind"] == "retrain_finished" for e in _events(client)
+            )
+            # while training, traffic continues at a trickle (the CPU is busy training)
+            chunk(10 if job_running else 50, True, "shift")
+            if job_running:
+                time.sleep(0.5)
+            promoted_ev = next((e for e in _events(client) if e["kind"] == "promoted"), None)
+            if promoted_ev is not None:
+                break
+        if promoted_ev is None:
+            console.print("[red]no promotion within the time limit[/]")
+        else:
+            res.promoted_version = promoted_ev["version"]
+            after: list[Served] = []
+            while len(after) < 2 * window:
+                after += [s for s in chunk(50, True, "shift") if s.version == res.promoted_version]
+            first_version = client.served[res.shift_start].version
+            res.acc_before = accuracy(
+                [s for s in client.served[res.shift_start :] if s.version == first_version]
+            )
+            res.acc_after = accuracy(after)
+            console.print(
+                f"shifted-stream accuracy: champion {first_version} {res.acc_before:.4f} → "
+                f"retrained {res.promoted_version} {res.acc_after:.4f}"
+            )
+
+        # phase 3: a deliberately broken model forced in
+        console.rule("[bold]phase 3: a deliberately broken model is forced in")
+        s = Settings(**{k.removeprefix("MNISTOPS_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        configure(s)
+        reg = Registry(s)
+        _, champ_dir = reg.resolve_alias("champion")
+        broken = make_broken(champ_dir, home / "broken-model")
+        res.broken_version = reg.register(broken, mnist=mnist, profile=True)
+        n_events = len(_events(client))
+        reg.promote(
+            res.broken_version, actor="demo", reason="phase 3: deliberately broken release", force=True
         )
-        # while training, traffic continues at a trickle (the CPU is busy training)
-        chunk(10 if job_running else 50, True, "shift")
-        if job_running:
-            time.sleep(0.5)
-        promoted_ev = next((e for e in _events(client) if e["kind"] == "promoted"), None)
-        if promoted_ev is not None:
-            break
-    if promoted_ev is None:
-        console.print("[red]no promotion within the time limit[/]")
-    else:
-        res.promoted_version = promoted_ev["version"]
-        after: list[Served] = []
-        while len(after) < 2 * window:
-            after += [s for s in chunk(50, True, "shift") if s.version == res.promoted_version]
-        first_version = client.served[res.shift_start].version
-        res.acc_before = accuracy([s for s in client.served[res.shift_start :] if s.version == first_version])
-        res.acc_after = accuracy(after)
-        console.print(
-            f"shifted-stream accuracy: champion {first_version} {res.acc_before:.4f} → "
-            f"retrained {res.promoted_version} {res.acc_after:.4f}"
-        )
-
-    # phase 3: a deliberately broken model forced in
-    console.rule("[bold]phase 3: a deliberately broken model is forced in")
-    s = Settings(**{k.removeprefix("MNISTOPS_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
-    configure(s)
-    reg = Registry(s)
-    _, champ_dir = reg.resolve_alias("champion")
-    broken = make_broken(champ_dir, home / "broken-model")
-    res.broken_version = reg.register(broken, mnist=mnist, profile=True)
-    n_events = len(_events(client))
-    reg.promote(res.broken_version, actor="demo", reason="phase 3: deliberately broken release", force=True)
-    forced_at = len(client.served)
-    deadline = time.time() + 90
-    rolled = None
-    while time.time() < deadline and rolled is None:
-        chunk(50, True, "broken")
-        rolled = next((e for e in _events(client)[n_events:] if e["kind"] == "rollback"), None)
-    if rolled is not None:
-        res.rollback_windows = -(-(rolled["seq"] - forced_at) // window)
-    for _ in range(window // 50):
-        chunk(50, True, "restored")
-    client.flush_labels(all_=True)
-    res.timeline = _events(client)
-    alerts = [e for e in res.timeline if e["kind"] == "alert" and "Drift" in e["detail"]]
-    if alerts:
-        res.drift_window_lag = max(0, -(-(alerts[0]["seq"] - res.shift_start) // window))
-    res.seconds = time.time() - t_start
-    res.requests, res.errors = len(client.served), client.errors
+        forced_at = len(client.served)
+        deadline = time.time() + cfg.rollback_timeout
+        rolled = None
+        while time.time() < deadline and rolled is None:
+            chunk(50, True, "broken")
+            rolled = next((e for e in _events(client)[n_events:] if e["kind"] == "rollback"), None)
+        if rolled is not None:
+            res.rollback_windows = -(-(rolled["seq"] - forced_at) // window)
+        for _ in range(window // 50):
+            chunk(50, True, "restored")
+        client.flush_labels(all_=True)
+        res.timeline = _events(client)
+        alerts = [e for e in res.timeline if e["kind"] == "alert" and "Drift" in e["detail"]]
+        if alerts:
+            res.drift_window_lag = max(0, -(-(alerts[0]["seq"] - res.shift_start) // window))
+        res.seconds = time.time() - t_start
+        res.requests, res.errors = len(client.served), client.errors
+    except BaseException:
+        _stop_service(proc)
+        raise
     return res, client, proc
 
 
@@ -343,9 +379,5 @@ def run_demo(
         console.print(f"[bold green]dashboard: {url}/dashboard[/]  draw a digit: {url}/   (Ctrl+C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             proc.wait()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    _stop_service(proc)
     return res
