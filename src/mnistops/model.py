@@ -20,9 +20,9 @@ from mnistops.errors import ModelError, ModelNotFoundError
 class ModelConfig:
     """Architecture of :class:`MnistNet`."""
 
-    c1: int = 8  # conv1 3x3, 28x28
+    c1: int = 12  # conv1 3x3, 28x28
     c2: int = 16  # conv2 3x3, 28x28, then max-pool → 14x14
-    c3: int = 8  # conv3 1x1 transition (cheap channel squeeze)
+    c3: int = 16  # conv3 1x1 transition (cheap channel squeeze)
     c4: int = 16  # conv4 3x3, 14x14
     c5: int = 16  # conv5 3x3, 14x14, then max-pool → 7x7
     c6: int = 32  # conv6 3x3, 7x7
