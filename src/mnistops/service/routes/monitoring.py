@@ -212,7 +212,7 @@ def build_dashboard(state: ServiceState, n_recent: int = 2000) -> DashboardOut:
         )
         for a in state.store.list_alerts(limit=100)
     ]
-    windows = [_window_out(w) for w in reversed(state.store.latest_windows(100))]
+    windows = [_window_out(w) for w in state.store.latest_windows(100)]
     jobs = [
         {"id": j.id, "state": j.state, "trigger": j.trigger, "version": j.version, "created_at": j.created_at,
          "finished_at": j.finished_at, "error": j.error}
@@ -241,7 +241,7 @@ def dashboard(state: StateDep) -> DashboardOut:
 @router.get("/windows", response_model=list[WindowOut], responses=ERRORS)
 def windows(state: StateDep, limit: int = Query(50, ge=1, le=1000)) -> list[WindowOut]:
     """Latest monitoring windows, oldest first."""
-    return [_window_out(w) for w in reversed(state.store.latest_windows(limit))]
+    return [_window_out(w) for w in state.store.latest_windows(limit)]
 
 
 @router.get("/alerts", response_model=list[AlertOut], responses=ERRORS)

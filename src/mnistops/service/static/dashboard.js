@@ -72,13 +72,16 @@
     Chart.defaults.borderColor = alpha(C.muted, 0.18);
     Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
 
+    // a line needs two points: markers while there are few time buckets, else one bucket draws nothing
+    // (scriptable, so it is re-evaluated on every update instead of cached by Chart.js)
+    const fewPoints = (c) => (c.dataset.data.length < 3 ? 3 : 0);
     state.charts.traffic = new Chart($("#chart-traffic"), {
       type: "line",
       data: {
         datasets: [
-          { label: "requests/s", data: [], yAxisID: "y", borderColor: C.accent, backgroundColor: alpha(C.accent, 0.12), fill: true, pointRadius: 0, tension: 0.25 },
-          { label: "p50 ms", data: [], yAxisID: "y1", borderColor: C.ok, pointRadius: 0, tension: 0.25 },
-          { label: "p95 ms", data: [], yAxisID: "y1", borderColor: C.warn, pointRadius: 0, tension: 0.25 },
+          { label: "requests/s", data: [], yAxisID: "y", borderColor: C.accent, backgroundColor: alpha(C.accent, 0.12), fill: true, pointRadius: fewPoints, tension: 0.25 },
+          { label: "p50 ms", data: [], yAxisID: "y1", borderColor: C.ok, pointRadius: fewPoints, tension: 0.25 },
+          { label: "p95 ms", data: [], yAxisID: "y1", borderColor: C.warn, pointRadius: fewPoints, tension: 0.25 },
         ],
       },
       options: baseOptions({
@@ -210,10 +213,11 @@
     ds[0].data = t.map((p) => ({ x: p.t, y: p.rps }));
     ds[1].data = t.map((p) => ({ x: p.t, y: p.p50_ms }));
     ds[2].data = t.map((p) => ({ x: p.t, y: p.p95_ms }));
-    // pin the axis to the data so the auto-range does not leave empty margins
+    // pin the axis to the data so the auto-range does not leave empty margins (pad a single bucket)
     const x = state.charts.traffic.options.scales.x;
-    x.min = t.length ? t[0].t : undefined;
-    x.max = t.length ? t[t.length - 1].t : undefined;
+    const pad = t.length === 1 ? 5 : 0;
+    x.min = t.length ? t[0].t - pad : undefined;
+    x.max = t.length ? t[t.length - 1].t + pad : undefined;
     state.charts.traffic.update("none");
   }
 
@@ -284,7 +288,8 @@
   function renderAlerts(data) {
     const alerts = [...(data.alerts || [])].sort((a, b) => {
       if (a.state !== b.state) return a.state === "firing" ? -1 : 1;
-      return String(b.started_at).localeCompare(String(a.started_at));
+      // alerts of one window share a start time: newest event first keeps the order stable
+      return String(b.started_at).localeCompare(String(a.started_at)) || b.id - a.id;
     });
     const body = $("#alerts tbody");
     if (!alerts.length) {
@@ -329,8 +334,10 @@
     );
   }
 
-  function render(data) {
-    const windows = data.windows || [];
+  function render(payload) {
+    // charts run left to right in time and "latest" means the newest window, whatever order the API uses
+    const windows = [...(payload.windows || [])].sort((a, b) => a.window - b.window);
+    const data = { ...payload, windows };
     renderModel(data);
     renderTraffic(data);
     renderClasses(data);

@@ -1,0 +1,210 @@
+"""Browser-test fixtures: the real app behind a real HTTP server, and headless Debian Chromium.
+
+The server is uvicorn in a background thread on a loopback socket we bind ourselves (port 0), so
+the port is known before the server starts. It serves the session's trained model through a
+fixed resolver and a fake registry (version "1", reference profile from the validation split),
+so no MLflow registry is involved. Chromium is Debian's ``/usr/bin/chromium`` driven by the
+Playwright python package (``playwright install`` is never run); without it the tests are skipped
+with a visible reason.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from mnistops.data import Mnist, split_train_val
+from mnistops.errors import ModelNotFoundError
+from mnistops.model import load_model
+from mnistops.profile import build_profile
+from mnistops.service.app import create_app
+from mnistops.service.state import ServiceState
+from mnistops.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from playwright.sync_api import Browser
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "artifacts" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+N_REF = 2000  # validation images in the reference profile; the following ones are clean traffic
+
+
+class FakeRegistry:
+    """Registry stand-in: version "1" is the session's trained model, with a validation profile."""
+
+    def __init__(self, model_dir: Path, profile_dir: Path) -> None:
+        self.model_dir, self.profile_dir = model_dir, profile_dir
+
+    def download(self, version: str) -> Path:
+        """Model folder of a version."""
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return self.model_dir
+
+    def download_profile(self, version: str) -> Path:
+        """Reference-profile folder of a version."""
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return self.profile_dir
+
+    def alias_version(self, alias: str) -> str | None:
+        """Only ``champion`` is set (no challenger: no shadow traffic)."""
+        return "1" if alias == "champion" else None
+
+    def get_version(self, version: str) -> SimpleNamespace:
+        """Aliases and gate result, as ``GET /v1/model`` reads them."""
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return SimpleNamespace(version="1", aliases=["champion"], gate_passed=True)
+
+    def history(self, limit: int | None = None) -> list[Any]:
+        """No promotions recorded."""
+        return []
+
+
+@dataclass
+class LiveServer:
+    """A running app: its base URL, the FastAPI app and (once started) the service state."""
+
+    url: str
+    app: FastAPI
+
+    @property
+    def state(self) -> ServiceState:
+        """The service state built by the app's lifespan."""
+        state: ServiceState = self.app.state.service
+        return state
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
+    """Poll ``cond`` until it is true or ``timeout`` seconds passed; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
+@pytest.fixture(scope="session")
+def profile_dir(trained_model_dir: Path, mnist: Mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Reference profile of the trained model on the first N_REF validation images."""
+    s = split_train_val(mnist)
+    prof = build_profile(load_model(trained_model_dir), s.val_x[:N_REF], s.val_y[:N_REF], version="1")
+    return prof.save(tmp_path_factory.mktemp("e2e-profile"))
+
+
+@pytest.fixture
+def fake_registry(trained_model_dir: Path, profile_dir: Path) -> FakeRegistry:
+    """A fresh fake registry over the session's model and profile."""
+    return FakeRegistry(trained_model_dir, profile_dir)
+
+
+@pytest.fixture
+def live_server(trained_model_dir: Path, fake_registry: FakeRegistry) -> Iterator[Callable[..., LiveServer]]:
+    """Factory ``start(settings, on_start=None) -> LiveServer``; every server started is stopped."""
+    import uvicorn
+
+    running: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
+
+    def start(settings: Settings, on_start: Callable[[ServiceState], None] | None = None) -> LiveServer:
+        app = create_app(
+            settings,
+            resolver=lambda: ("1", trained_model_dir),
+            registry_ops=fake_registry,
+            on_start=on_start,
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        server = uvicorn.Server(config)
+        # signal handlers are only installed in the main thread: this one leaves pytest's alone
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((server, thread, sock))
+        if not wait_for(lambda: server.started or not thread.is_alive(), timeout=60):
+            pytest.fail("uvicorn did not start within 60 s")
+        if not server.started:
+            pytest.fail("uvicorn exited during startup (see the captured log)")
+        return LiveServer(url=f"http://127.0.0.1:{port}", app=app)
+
+    yield start
+    for server, thread, sock in running:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback webhook receiver: (url, JSON bodies received)."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium (skipped with a reason when it or Playwright is missing)."""
+    if not CHROMIUM.is_file() and shutil.which("chromium") is None:
+        pytest.skip(f"{CHROMIUM} not found: install Debian's `chromium` package to run browser tests")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - playwright is a dev dependency
+        pytest.skip(f"playwright python package not installed: {exc}")
+    exe = CHROMIUM if CHROMIUM.is_file() else Path(str(shutil.which("chromium")))
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(exe), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def screenshot_path() -> Callable[[str], Path]:
+    """``path(name)`` -> artifacts/screenshots/<name> (folder created; artifacts/ is gitignored)."""
+
+    def path(name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS / name
+
+    return path
