@@ -45,12 +45,14 @@ class DemoResult:
 
     timeline: list[dict[str, Any]] = field(default_factory=list)
     shift_start: int = 0
-    drift_window_lag: int | None = None  # windows between the shift start and the first drift alert
+    drift_window_lag: int | None = (
+        None  # windows after the shift start until the first drift alert (1 = first)
+    )
     acc_before: float | None = None  # champion accuracy on the shifted stream before the retrain
     acc_after: float | None = None  # new champion accuracy on the shifted stream
     promoted_version: str | None = None
     broken_version: str | None = None
-    rollback_windows: int | None = None  # windows between the forced promotion and the rollback
+    rollback_windows: int | None = None  # watched windows of the broken champion before its rollback
     seconds: float = 0.0
     requests: int = 0
     errors: int = 0
@@ -308,21 +310,26 @@ def run_loop_demo(
         reg.promote(
             res.broken_version, actor="demo", reason="phase 3: deliberately broken release", force=True
         )
-        forced_at = len(client.served)
         deadline = time.time() + cfg.rollback_timeout
         rolled = None
         while time.time() < deadline and rolled is None:
             chunk(50, True, "broken")
             rolled = next((e for e in _events(client)[n_events:] if e["kind"] == "rollback"), None)
         if rolled is not None:
-            res.rollback_windows = -(-(rolled["seq"] - forced_at) // window)
+            # windows of the broken champion the watch judged before rolling back
+            res.rollback_windows = int(rolled["data"].get("watched_windows", 0)) or None
         for _ in range(window // 50):
             chunk(50, True, "restored")
         client.flush_labels(all_=True)
         res.timeline = _events(client)
-        alerts = [e for e in res.timeline if e["kind"] == "alert" and "Drift" in e["detail"]]
+        alerts = [
+            e
+            for e in res.timeline
+            if e["kind"] == "alert" and "Drift" in e["data"].get("rule", "") and e["seq"] > res.shift_start
+        ]
         if alerts:
-            res.drift_window_lag = max(0, -(-(alerts[0]["seq"] - res.shift_start) // window))
+            # 1 = the alert came with the first window that holds shifted inputs
+            res.drift_window_lag = -(-(alerts[0]["seq"] - res.shift_start) // window)
         res.seconds = time.time() - t_start
         res.requests, res.errors = len(client.served), client.errors
     except BaseException:

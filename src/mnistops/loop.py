@@ -165,10 +165,10 @@ class ClosedLoop:
         )
         self.record("watch", d.reason, watched, action=d.action, window=w.window)
         if d.action == "rollback":
-            self._rollback(d.reason, w.window, watched)
+            self._rollback(d.reason, w.window, watched, watch.observed)
 
     # --- actions -----------------------------------------------------------------------------
-    def _rollback(self, reason: str, window: int, bad_version: str | None) -> None:
+    def _rollback(self, reason: str, window: int, bad_version: str | None, watched_windows: int) -> None:
         try:
             frm, to = self.registry.rollback(actor="loop:watch", reason=reason, auto=True)
         except Exception as exc:
@@ -177,7 +177,13 @@ class ClosedLoop:
         self.state.follower.poll_once()
         self._champion = to  # not a promotion: do not watch the restored champion
         self.state.metrics.rollbacks.inc()
-        self.record("rollback", f"automatic rollback {frm} → {to}: {reason}", to, from_version=frm)
+        self.record(
+            "rollback",
+            f"automatic rollback {frm} → {to}: {reason}",
+            to,
+            from_version=frm,
+            watched_windows=watched_windows,
+        )
         self._rollback_alert(window, frm, True)
 
     def _rollback_alert(self, window: int, version: str, on: bool) -> None:
