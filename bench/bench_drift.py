@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="MMD reference of 1000 at every n (production default; slower)",
     )
     p.add_argument("--scenarios", nargs="+", help="only these shift scenarios (development)")
+    p.add_argument("--ns", type=int, nargs="+", help="only these window sizes (development)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     return p.parse_args(argv)
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=140)  # wide tables stay readable in logs and pipes
     t_start, cpu_start = time.perf_counter(), time.process_time()
     seeds = args.seeds or (2 if args.quick else 5)
-    ns = (10, 50, 200, 500) if args.quick else FULL_NS
+    ns = tuple(args.ns) if args.ns else (10, 50, 200, 500) if args.quick else FULL_NS
     deltas = (0.1, 0.5, 1.0)
     far_windows = args.far_windows or (50 if args.quick else 200)
     other_clean = 20 if args.quick else 50  # clean windows at the other n (false-alarm rate per n)

@@ -27,6 +27,7 @@ from mnistops.monitor.drift import (
 )
 
 COMBINED, BASELINE = "combined", "baseline"
+MULTI_FEATURE = ("bbsd", "inputs")  # detectors with several KS tests corrected inside the detector
 
 
 def mmd_options(n: int, fast: bool) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class Record:
     effect: dict[str, float]
     combined: bool
     seconds: float  # CPU seconds of all detectors and the baseline on this window
+    features: dict[str, list[float]] = field(default_factory=dict)  # raw per-feature p (bbsd, inputs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -78,6 +80,7 @@ class Record:
             "effect": self.effect,
             "combined": self.combined,
             "seconds": round(self.seconds, 4),
+            "features": self.features,
         }
 
 
@@ -93,33 +96,55 @@ def run_window(
     p[BASELINE] = float(base.p_value if base.p_value is not None else 1.0)
     effect = {r.detector: float(r.effect_size) for r in report.results}
     effect[BASELINE] = float(base.effect_size)
-    return Record(scenario, delta, sample.n, seed, p, effect, report.drifted, seconds)
+    features = {
+        r.detector: [float(f["p_value"]) for f in r.details["features"].values()]
+        for r in report.results
+        if r.detector in MULTI_FEATURE
+    }
+    return Record(scenario, delta, sample.n, seed, p, effect, report.drifted, seconds, features)
 
 
-# --- alternative combinations (investigation), from the stored standalone p-values -----------------
-Rule = Callable[[Mapping[str, float], float], bool]
+# --- alternative combinations (investigation), from the stored p-values ---------------------------
+Rule = Callable[[Record, float], bool]
 
 
-def _correction(names: tuple[str, ...], method: str) -> Rule:
-    def rule(p: Mapping[str, float], alpha: float) -> bool:
+def _within_bh(rec: Record) -> dict[str, float]:
+    """Detector p-values with BH (Simes) instead of Bonferroni inside bbsd and inputs.
+
+    Simes is valid for positively dependent tests; the 10 softmax outputs and the 8 image statistics
+    move together under a shift, which is where it gains over Bonferroni.
+    """
+    p = dict(rec.p)
+    for d, raw in rec.features.items():
+        p[d] = float(adjust_p_values(raw, "bh").min())
+    return p
+
+
+def _correction(names: tuple[str, ...], method: str, within_bh: bool = False) -> Rule:
+    def rule(rec: Record, alpha: float) -> bool:
+        p = _within_bh(rec) if within_bh else rec.p
         return bool(adjust_p_values([p[k] for k in names], method).min() <= alpha)
 
     return rule
 
 
-def _weighted(weights: Mapping[str, float]) -> Rule:
+def _weighted(weights: Mapping[str, float], within_bh: bool = False) -> Rule:
     """Weighted Bonferroni: drift iff some p_i <= w_i * alpha (sum w_i = 1; valid for any dependence)."""
 
-    def rule(p: Mapping[str, float], alpha: float) -> bool:
+    def rule(rec: Record, alpha: float) -> bool:
+        p = _within_bh(rec) if within_bh else rec.p
         return any(p[k] <= w * alpha for k, w in weights.items())
 
     return rule
 
 
+# a larger share of alpha for the detector that carries most of the signal at small n
+WEIGHTS = {"inputs": 0.4, "mmd": 0.2, "bbsd": 0.15, "prior": 0.125, "ood": 0.125}
 RULES: dict[str, Rule] = {
     "bh5": _correction(DEFAULT_DETECTORS, "bh"),  # Simes global test: more power when several fire
-    # a larger share of alpha for the detector that carries most of the signal at small n
-    "weighted": _weighted({"inputs": 0.4, "mmd": 0.2, "bbsd": 0.15, "prior": 0.125, "ood": 0.125}),
+    "weighted": _weighted(WEIGHTS),
+    "BH-within": _correction(DEFAULT_DETECTORS, "holm", within_bh=True),
+    "BH-within+weighted": _weighted(WEIGHTS, within_bh=True),
     # leave-one-out: what each detector adds to the combined verdict
     **{
         f"w/o {d}": _correction(tuple(x for x in DEFAULT_DETECTORS if x != d), "holm")
@@ -133,7 +158,7 @@ def detected(rec: Record, method: str, alpha: float) -> bool:
     if method == COMBINED:
         return rec.combined
     if method in RULES:
-        return RULES[method](rec.p, alpha)
+        return RULES[method](rec, alpha)
     return rec.p[method] <= alpha
 
 

@@ -104,7 +104,9 @@ def build_tables(
     alt = TableData(
         "Investigation: other combinations of the same p-values (detection, mean over scenarios and δ)",
         ["n", COMBINED, *RULES, "baseline"],
-        note="Holm and Bonferroni give the same overall verdict (min p <= alpha/5); bh5 = Simes test; "
+        note="Holm and Bonferroni give the same overall verdict (min p <= alpha/5); bh5 = Simes across "
+        "detectors; weighted = Bonferroni with alpha shares inputs .4, mmd .2, bbsd .15, prior/ood .125; "
+        "BH-within = Simes instead of Bonferroni inside bbsd and inputs (detector option correction='bh'); "
         "'w/o X' = Holm over the other four",
     )
     alt_far = TableData(

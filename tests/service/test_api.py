@@ -32,7 +32,9 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_predict_pixels_matches_label(client: TestClient, mnist_test_data: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_predict_pixels_matches_label(
+    client: TestClient, mnist_test_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     x, y = mnist_test_data
     r = client.post("/v1/predict", json={"pixels": x[0].tolist()})
     assert r.status_code == 200
@@ -42,7 +44,9 @@ def test_predict_pixels_matches_label(client: TestClient, mnist_test_data: tuple
     assert body["confidence"] == max(body["probabilities"])
 
 
-def test_upload_photo_style_image(client: TestClient, mnist_test_data: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_upload_photo_style_image(
+    client: TestClient, mnist_test_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     # a "scan": dark ink on a light, larger, colour canvas, off-centre
     x, y = mnist_test_data
     digit = 255 - np.kron(x[1].numpy(), np.ones((4, 4), dtype=np.uint8))  # 112x112, ink dark
@@ -105,7 +109,9 @@ def test_feedback_idempotent_and_404(client: TestClient) -> None:
 
 
 def test_every_prediction_is_logged(client: TestClient) -> None:
-    ids = [client.post("/v1/predict", json={"pixels": [[0] * 28] * 28}).json()["prediction_id"] for _ in range(5)]
+    ids = [
+        client.post("/v1/predict", json={"pixels": [[0] * 28] * 28}).json()["prediction_id"] for _ in range(5)
+    ]
     state = client.app.state.service  # type: ignore[attr-defined]
     assert state.logger.flush(10)
     for pid in ids:
