@@ -44,7 +44,7 @@ def mmd_options(n: int, fast: bool) -> dict[str, Any]:
 
 
 def make_monitor(reference: Sample, n: int, alpha: float, fast: bool) -> Monitor:
-    """The production monitor (default detectors, Holm, ``alpha``) fitted on the reference."""
+    """The production monitor (default detectors, weighted Bonferroni, ``alpha``) fitted on the reference."""
     return Monitor.from_names(
         DEFAULT_DETECTORS, alpha=alpha, correction="holm", seed=0, options={"mmd": mmd_options(n, fast)}
     ).fit(reference)
