@@ -31,7 +31,8 @@ def build_tables(
     by_n = TableData(
         "Detection rate by window size n (mean over shift scenarios and δ)",
         ["n", *dets, COMBINED, "BBSD-KS baseline", "combined - baseline", "CPU ms/window"],
-        note=f"standalone detectors at alpha={alpha}; combined = weighted Bonferroni over the 5 (inputs .4, mmd .2, bbsd .15, prior .125, ood .125) at alpha={alpha}; "
+        note=f"standalone detectors at alpha={alpha}; combined = weighted Bonferroni over the 5 "
+        f"(inputs .4, mmd .2, bbsd .15, prior .125, ood .125) at alpha={alpha}; "
         f"baseline = KS on raw softmax, Bonferroni, alpha={alpha}",
     )
     for n in ns:
