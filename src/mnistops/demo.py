@@ -322,14 +322,12 @@ def run_loop_demo(
             chunk(50, True, "restored")
         client.flush_labels(all_=True)
         res.timeline = _events(client)
-        alerts = [
-            e
-            for e in res.timeline
-            if e["kind"] == "alert" and "Drift" in e["data"].get("rule", "") and e["seq"] > res.shift_start
+        # windows holding shifted inputs (seq = sample index + 1), in order; lag 1 = the first one
+        shifted = [
+            e for e in res.timeline if e["kind"] == "window" and e["data"]["end_seq"] > res.shift_start
         ]
-        if alerts:
-            # 1 = the alert came with the first window that holds shifted inputs
-            res.drift_window_lag = -(-(alerts[0]["seq"] - res.shift_start) // window)
+        hit = next((i for i, e in enumerate(shifted) if e["data"]["drifted"]), None)
+        res.drift_window_lag = None if hit is None else hit + 1
         res.seconds = time.time() - t_start
         res.requests, res.errors = len(client.served), client.errors
     except BaseException:
@@ -349,6 +347,8 @@ def print_timeline(res: DemoResult, console: Console = console) -> None:
     for e in res.timeline:
         if e["kind"] == "watch" and e["data"].get("action") == "watch" and "watching" not in e["detail"]:
             continue
+        if e["kind"] == "window":
+            continue  # per-window lines are in demo_report.html
         t.add_row(f"{e['ts'] - t0:6.1f}", str(e["seq"]), e["kind"], e.get("version") or "", e["detail"][:110])
     console.print(t)
     s = Table(title="demo results")

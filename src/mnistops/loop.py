@@ -148,6 +148,16 @@ class ClosedLoop:
         """Remember each version's accuracy on live traffic; judge a watched champion."""
         w = report.window
         r = report.realized
+        self.record(
+            "window",
+            f"window {w.window}: {'DRIFT' if report.drifted else 'ok'}, estimated {report.estimate.value:.3f}"
+            + ("" if r is None else f", realized {r.accuracy:.3f} (n={r.n})"),
+            w.model_version,
+            window=w.window,
+            start_seq=report.start_seq,
+            end_seq=w.end_seq,
+            drifted=report.drifted,
+        )
         acc = self._acc.setdefault(w.model_version, _VersionAcc())
         acc.estimated = report.estimate.value
         if r is not None:
