@@ -7,14 +7,22 @@ test depends on a model left on disk by an earlier run.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 
-from mnistops.data import FILES, Mnist, load_mnist
+from mnistops.data import FILES, Mnist, load_mnist, split_train_val
+from mnistops.errors import ModelNotFoundError
+from mnistops.model import load_model
+from mnistops.profile import build_profile
 from mnistops.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,3 +103,77 @@ def get_latest_model(trained_model_dir: Path, models_dir: Path) -> Callable[[], 
         return max(dirs, key=lambda p: (p / "model.pt").stat().st_mtime)
 
     return latest
+
+
+# --- shared by the service and e2e suites: a registry stand-in and a webhook receiver ---------
+N_REF = 2000  # validation images in the reference profile; the following ones are clean traffic
+
+
+class FakeRegistry:
+    """Registry stand-in: version "1" is the session's trained model, with a validation profile."""
+
+    def __init__(self, model_dir: Path, profile_dir: Path) -> None:
+        self.model_dir, self.profile_dir = model_dir, profile_dir
+
+    def download(self, version: str) -> Path:
+        """Model folder of a version."""
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return self.model_dir
+
+    def download_profile(self, version: str) -> Path:
+        """Reference-profile folder of a version."""
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return self.profile_dir
+
+    def alias_version(self, alias: str) -> str | None:
+        """Only ``champion`` is set (no challenger: no shadow traffic)."""
+        return "1" if alias == "champion" else None
+
+    def get_version(self, version: str) -> SimpleNamespace:
+        """Aliases and gate result, as ``GET /v1/model`` reads them."""
+        if version != "1":
+            raise ModelNotFoundError(version)
+        return SimpleNamespace(version="1", aliases=["champion"], gate_passed=True)
+
+    def history(self, limit: int | None = None) -> list[Any]:
+        """No promotions recorded."""
+        return []
+
+
+@pytest.fixture(scope="session")
+def profile_dir(trained_model_dir: Path, mnist: Mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Reference profile of the trained model on the first N_REF validation images."""
+    s = split_train_val(mnist)
+    prof = build_profile(load_model(trained_model_dir), s.val_x[:N_REF], s.val_y[:N_REF], version="1")
+    return prof.save(tmp_path_factory.mktemp("e2e-profile"))
+
+
+@pytest.fixture
+def fake_registry(trained_model_dir: Path, profile_dir: Path) -> FakeRegistry:
+    """A fresh fake registry over the session's model and profile."""
+    return FakeRegistry(trained_model_dir, profile_dir)
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback webhook receiver: (url, JSON bodies received)."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    server.server_close()

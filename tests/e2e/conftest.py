@@ -10,24 +10,17 @@ with a visible reason.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mnistops.data import Mnist, split_train_val
-from mnistops.errors import ModelNotFoundError
-from mnistops.model import load_model
-from mnistops.profile import build_profile
 from mnistops.service.app import create_app
 from mnistops.service.state import ServiceState
 from mnistops.settings import Settings
@@ -47,40 +40,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-N_REF = 2000  # validation images in the reference profile; the following ones are clean traffic
-
-
-class FakeRegistry:
-    """Registry stand-in: version "1" is the session's trained model, with a validation profile."""
-
-    def __init__(self, model_dir: Path, profile_dir: Path) -> None:
-        self.model_dir, self.profile_dir = model_dir, profile_dir
-
-    def download(self, version: str) -> Path:
-        """Model folder of a version."""
-        if version != "1":
-            raise ModelNotFoundError(version)
-        return self.model_dir
-
-    def download_profile(self, version: str) -> Path:
-        """Reference-profile folder of a version."""
-        if version != "1":
-            raise ModelNotFoundError(version)
-        return self.profile_dir
-
-    def alias_version(self, alias: str) -> str | None:
-        """Only ``champion`` is set (no challenger: no shadow traffic)."""
-        return "1" if alias == "champion" else None
-
-    def get_version(self, version: str) -> SimpleNamespace:
-        """Aliases and gate result, as ``GET /v1/model`` reads them."""
-        if version != "1":
-            raise ModelNotFoundError(version)
-        return SimpleNamespace(version="1", aliases=["champion"], gate_passed=True)
-
-    def history(self, limit: int | None = None) -> list[Any]:
-        """No promotions recorded."""
-        return []
 
 
 @dataclass
@@ -107,22 +66,8 @@ def wait_for(cond: Callable[[], bool], timeout: float = 30.0, interval: float = 
     return cond()
 
 
-@pytest.fixture(scope="session")
-def profile_dir(trained_model_dir: Path, mnist: Mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Reference profile of the trained model on the first N_REF validation images."""
-    s = split_train_val(mnist)
-    prof = build_profile(load_model(trained_model_dir), s.val_x[:N_REF], s.val_y[:N_REF], version="1")
-    return prof.save(tmp_path_factory.mktemp("e2e-profile"))
-
-
 @pytest.fixture
-def fake_registry(trained_model_dir: Path, profile_dir: Path) -> FakeRegistry:
-    """A fresh fake registry over the session's model and profile."""
-    return FakeRegistry(trained_model_dir, profile_dir)
-
-
-@pytest.fixture
-def live_server(trained_model_dir: Path, fake_registry: FakeRegistry) -> Iterator[Callable[..., LiveServer]]:
+def live_server(trained_model_dir: Path, fake_registry: Any) -> Iterator[Callable[..., LiveServer]]:
     """Factory ``start(settings, on_start=None) -> LiveServer``; every server started is stopped."""
     import uvicorn
 
@@ -156,29 +101,6 @@ def live_server(trained_model_dir: Path, fake_registry: FakeRegistry) -> Iterato
         server.should_exit = True
         thread.join(30)
         sock.close()
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A loopback webhook receiver: (url, JSON bodies received)."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:  # keep pytest output clean
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,8 @@ loopback webhook, /metrics and the dashboard data."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,70 +13,14 @@ import torch
 from fastapi.testclient import TestClient
 
 from mnistops.data import Mnist, split_train_val
-from mnistops.errors import ModelNotFoundError
 from mnistops.evaluate import rotate
-from mnistops.model import load_model
 from mnistops.monitor.runner import MonitorRunner, attach_to_service
-from mnistops.profile import build_profile
 from mnistops.service.app import create_app
 from mnistops.service.state import ServiceState
 from mnistops.settings import Settings
 
 pytestmark = pytest.mark.slow
 N_REF = 2000  # validation images in the profile; the next ones are clean held-out traffic
-
-
-class FakeRegistry:
-    """Version "1" is the session's trained model with a profile from the validation split."""
-
-    def __init__(self, model_dir: Path, profile_dir: Path) -> None:
-        self.model_dir, self.profile_dir = model_dir, profile_dir
-
-    def download(self, version: str) -> Path:
-        if version != "1":
-            raise ModelNotFoundError(version)
-        return self.model_dir
-
-    def download_profile(self, version: str) -> Path:
-        if version != "1":
-            raise ModelNotFoundError(version)
-        return self.profile_dir
-
-    def alias_version(self, alias: str) -> str | None:
-        return "1" if alias == "champion" else None
-
-    def history(self, limit: int | None = None) -> list[Any]:
-        return []
-
-
-@pytest.fixture(scope="module")
-def profile_dir(trained_model_dir: Path, mnist: Mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    s = split_train_val(mnist)
-    prof = build_profile(load_model(trained_model_dir), s.val_x[:N_REF], s.val_y[:N_REF], version="1")
-    return prof.save(tmp_path_factory.mktemp("profile"))
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A loopback receiver: (url, received JSON bodies)."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:  # keep pytest output clean
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
-    server.server_close()
 
 
 def start_monitor(state: ServiceState) -> None:
@@ -105,7 +46,7 @@ def post_images(client: TestClient, images: torch.Tensor, batch: int = 100) -> N
 
 def test_drifted_stream_alerts_webhook_metrics_dashboard(
     trained_model_dir: Path,
-    profile_dir: Path,
+    fake_registry: Any,
     mnist: Mnist,
     tmp_path: Path,
     webhook: tuple[str, list[dict[str, Any]]],
@@ -118,7 +59,7 @@ def test_drifted_stream_alerts_webhook_metrics_dashboard(
         webhook_urls=[url],
         shadow_requests=0,
     )
-    registry = FakeRegistry(trained_model_dir, profile_dir)
+    registry = fake_registry
     app = create_app(
         settings,
         resolver=lambda: ("1", trained_model_dir),
