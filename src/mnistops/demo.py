@@ -173,7 +173,7 @@ def _start_service(env: dict[str, str], log_path: Path) -> subprocess.Popen[byte
     raise RuntimeError(f"service not ready after 120 s; see {log_path}")
 
 
-def _stop_service(proc: subprocess.Popen[bytes]) -> None:
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (the service flushes its prediction log), then kill after 30 s."""
     if proc.poll() is not None:
         return
@@ -331,7 +331,7 @@ def run_loop_demo(
         res.seconds = time.time() - t_start
         res.requests, res.errors = len(client.served), client.errors
     except BaseException:
-        _stop_service(proc)
+        stop_service(proc)
         raise
     return res, client, proc
 
@@ -386,5 +386,5 @@ def run_demo(
         console.print(f"[bold green]dashboard: {url}/dashboard[/]  draw a digit: {url}/   (Ctrl+C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             proc.wait()
-    _stop_service(proc)
+    stop_service(proc)
     return res

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mnistops.data import Mnist
-from mnistops.demo import DemoResult, LoopDemoConfig, run_loop_demo
+from mnistops.demo import DemoResult, LoopDemoConfig, run_loop_demo, stop_service
 from mnistops.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -19,8 +19,10 @@ def loop_result(settings: Settings, mnist: Mnist, trained_model_dir: Path) -> De
     cfg = LoopDemoConfig(
         window=200, clean_windows=2, retrain_epoch=12000, shift_timeout=420, rollback_timeout=180
     )
-    res, client, _ = run_loop_demo(settings, mnist, trained_model_dir, serve=False, cfg=cfg)
+    res, client, proc = run_loop_demo(settings, mnist, trained_model_dir, serve=False, cfg=cfg)
     client.close()
+    stop_service(proc)  # SIGTERM: the service flushes its log and exits
+    assert proc.returncode is not None
     return res
 
 
