@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def loop_result(settings: Settings, mnist: Mnist, trained_model_dir: Path) -> DemoResult:
     cfg = LoopDemoConfig(
-        window=200, clean_windows=2, retrain_epoch=12000, shift_timeout=420, rollback_timeout=180
+        window=200, clean_windows=2, retrain_epoch=20000, shift_timeout=420, rollback_timeout=180
     )
     res, client, proc = run_loop_demo(settings, mnist, trained_model_dir, serve=False, cfg=cfg)
     client.close()
