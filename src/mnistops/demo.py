@@ -278,14 +278,15 @@ def run_loop_demo(
         promoted_ev: dict[str, Any] | None = None
         deadline = time.time() + cfg.shift_timeout
         while time.time() < deadline:
-            kinds = [e["kind"] for e in _events(client)]
+            events = _events(client)  # one GET per round
+            kinds = [e["kind"] for e in events]
+            promoted_ev = next((e for e in events if e["kind"] == "promoted"), None)
+            if promoted_ev is not None:
+                break
             job_running = kinds.count("retrain_started") > kinds.count("retrain_finished")
             # while training, traffic continues at a trickle (the CPU is busy training)
             chunk(10 if job_running else 50, True, "shift")
             time.sleep(0.5 if job_running else 0.05)
-            promoted_ev = next((e for e in _events(client) if e["kind"] == "promoted"), None)
-            if promoted_ev is not None:
-                break
         if promoted_ev is None:
             console.print("[red]no promotion within the time limit[/]")
         else:

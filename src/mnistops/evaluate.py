@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mnistops.augment import AugmentConfig, AugmentParams, apply_params
 from mnistops.data import Mnist, normalize
 from mnistops.model import MnistNet, count_params, load_model
 
@@ -44,12 +43,12 @@ def add_noise(images: torch.Tensor, sigma: float = 0.3, seed: int = 0) -> torch.
 def rotate(images: torch.Tensor, max_deg: float = 15.0, seed: int = 0) -> torch.Tensor:
     """Rotate each image by an angle uniform in [-max_deg, max_deg], fill 0; uint8 out."""
     g = torch.Generator().manual_seed(seed)
-    rad = (torch.rand(len(images), generator=g) * 2 - 1) * max_deg * math.pi / 180
-    cos, sin, zero = torch.cos(rad), torch.sin(rad), torch.zeros(len(images))
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    x = images.float().unsqueeze(1) / 255.0
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    n = len(images)
+    no = torch.zeros(n, dtype=torch.bool)
+    params = AugmentParams((torch.rand(n, generator=g) * 2 - 1) * max_deg, no, no)
+    out = apply_params(
+        images.float().unsqueeze(1) / 255.0, params, AugmentConfig(rotate_deg=max_deg, crop_p=0)
+    )
     return (out[:, 0].clamp(0, 1) * 255).round().to(torch.uint8)
 
 

@@ -130,7 +130,7 @@ class ClosedLoop:
     def _maybe_retrain(self) -> None:
         store = self.state.store
         decision = self.policy.should_retrain(
-            list[Any](self.runner.engine.firing()),
+            self.runner.engine.firing(),
             time.time(),
             self.jobs.last_job_time(),
             self.jobs.active_job() is not None,

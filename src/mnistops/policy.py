@@ -58,8 +58,11 @@ def mcnemar(ref_correct: Any, new_correct: Any) -> McNemar:
 
 # --- retrain trigger -----------------------------------------------------------------------------
 class _Alert(Protocol):
-    rule: str
-    started_at: float
+    # read-only members: frozen dataclasses such as AlertEvent satisfy them
+    @property
+    def rule(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
 
 
 @dataclass(frozen=True)
