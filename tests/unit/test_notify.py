@@ -39,11 +39,11 @@ class Receiver:
                     status = recv.statuses.pop(0) if recv.statuses else 200
                 recv.entered.set()
                 recv.release.wait(30)
+                with lock:  # count before replying: the client may act on the reply at once
+                    recv.answered += 1
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                with lock:
-                    recv.answered += 1
 
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
