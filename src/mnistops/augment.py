@@ -87,12 +87,26 @@ def augment_batch(
     return apply_params(x01, params, cfg, generator)
 
 
+def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [N,1,h,w], align_corners=False)`` by broadcasting: grid [N,h,w,2].
+
+    Same values to float rounding; ATen's version is a batched matmul that profiled at 4x the
+    cost for small batches on CPU.
+    """
+    xs = (torch.arange(w, dtype=theta.dtype) * 2 + 1) / w - 1  # pixel centres in [-1, 1]
+    ys = (torch.arange(h, dtype=theta.dtype) * 2 + 1) / h - 1
+    t = theta.view(-1, 6, 1, 1)
+    gx = t[:, 0] * xs.view(1, 1, w) + t[:, 1] * ys.view(1, h, 1) + t[:, 2]
+    gy = t[:, 3] * xs.view(1, 1, w) + t[:, 4] * ys.view(1, h, 1) + t[:, 5]
+    return torch.stack((gx, gy), dim=-1)
+
+
 def apply_params(
     x01: torch.Tensor, params: AugmentParams, cfg: AugmentConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Apply already-drawn parameters to a batch (one grid_sample for the whole batch)."""
     theta = affine_matrices(params, cfg).to(x01.dtype)
-    grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
+    grid = _affine_grid(theta, x01.shape[-2], x01.shape[-1])
     out = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if cfg.noise_p > 0 and bool(params.noisy.any()):
         # per-sample sigma ~ U(0, noise_sigma): robust to the whole range of noise levels

@@ -7,6 +7,7 @@ Writes a self-contained model folder (``model.pt``, ``model.onnx``, ``metrics.js
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 import warnings
@@ -22,7 +23,7 @@ from mnistops import hw
 from mnistops.augment import AugmentConfig, augment_batch, save_samples
 from mnistops.data import MEAN, STD, Mnist, Split, split_train_val
 from mnistops.evaluate import evaluate_model
-from mnistops.model import MnistNet, ModelConfig, count_params, save_model
+from mnistops.model import MnistNet, ModelConfig, count_params, model_config, save_model
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class TrainConfig:
     log_every: int = 10  # steps between logged loss values
     ema_decay: float = 0.99  # EMA of the weights becomes the final model (+~0.06 pt); 0 = off
     augment: AugmentConfig = field(
-        default_factory=lambda: AugmentConfig(noise_p=0.2)
-    )  # + noise: σ=0.3 robustness
+        default_factory=lambda: AugmentConfig(noise_p=0.02)
+    )  # + noise on 2% of images: σ=0.3 accuracy ~98% (more noise costs clean accuracy)
     model: ModelConfig = field(default_factory=ModelConfig)  # architecture
 
     @classmethod
@@ -53,7 +54,7 @@ class TrainConfig:
         """Inverse of ``asdict`` (rebuilds the nested configs)."""
         d = dict(d)
         d["augment"] = AugmentConfig(**d.get("augment", {}))
-        d["model"] = ModelConfig(**d.get("model", {}))
+        d["model"] = model_config(d["model"]) if "model" in d else ModelConfig()
         return cls(**d)
 
     def use_bf16(self) -> bool:
@@ -98,7 +99,12 @@ def fit(
     n, bs = len(x01), cfg.batch_size
     steps = -(-n // bs)
     opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.max_lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        model.parameters(),
+        lr=cfg.max_lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+        weight_decay=cfg.weight_decay,
+        foreach=True,  # one fused call per step instead of a Python loop over tensors (CPU default is off)
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt,
@@ -119,7 +125,7 @@ def fit(
     perm = torch.randperm(n, generator=g)
     losses: list[tuple[int, float]] = []
     t0 = time.perf_counter()
-    with _progress(progress, steps) as advance:
+    with _progress(progress, steps) as advance, _no_gc():
         for step in range(steps):
             idx = perm[step * bs : (step + 1) * bs]
             xb = augment_batch(x01[idx], cfg.augment, g).sub_(MEAN).div_(STD)
@@ -143,6 +149,22 @@ def fit(
         model = averaged
     model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return model.eval(), losses, seconds
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    # Each step allocates thousands of short-lived autograd objects; the cyclic collector
+    # rescanning them was ~6% of an epoch (py-spy). Nothing in the loop makes reference cycles.
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager

@@ -81,3 +81,11 @@ def test_noise_augmentation_is_clipped() -> None:
     out = augment_batch(x, AugmentConfig(rotate_deg=0, crop_p=0, noise_p=1.0, noise_sigma=0.5))
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     assert not torch.equal(out, x)
+
+
+def test_broadcast_grid_matches_affine_grid() -> None:
+    from mnistops.augment import _affine_grid
+
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(3))
+    ref = torch.nn.functional.affine_grid(theta, [16, 1, 28, 20], align_corners=False)
+    assert torch.allclose(_affine_grid(theta, 28, 20), ref, atol=1e-5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mnistops.data import Split
-from mnistops.errors import ModelNotFoundError
+from mnistops.errors import ModelError, ModelNotFoundError
 from mnistops.model import MnistNet, ModelConfig, count_params, load_model, save_model
 from mnistops.train import TrainConfig, fit
 
@@ -28,9 +28,10 @@ def test_architecture_in_the_seeds_spirit() -> None:
     assert isinstance(m.head[-1], torch.nn.Linear) and m.head[-1].out_features == 10
 
 
+@pytest.mark.parametrize("stem", ["stride", "pool", "seed"])
 @pytest.mark.parametrize("n", [1, 7])
-def test_shapes(n: int) -> None:
-    m = MnistNet().eval()
+def test_shapes(n: int, stem: str) -> None:
+    m = MnistNet(ModelConfig(stem=stem)).eval()
     x = torch.randn(n, 1, 28, 28)
     assert m(x).shape == (n, 10)
     assert m.features(x).shape == (n, m.embedding_dim)
@@ -44,6 +45,24 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     assert back.cfg == cfg
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(m(x), back(x))
+
+
+def test_checkpoint_without_stem_rebuilds_the_seed_layout(tmp_path: Path) -> None:
+    # models saved before ModelConfig.stem existed pooled after conv2; they must load unchanged
+    m = MnistNet(ModelConfig(c1=12, stem="seed")).eval()
+    save_model(m, tmp_path / "model.pt")
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    del ckpt["config"]["stem"]
+    torch.save(ckpt, tmp_path / "model.pt")
+    back = load_model(tmp_path)
+    assert back.cfg.stem == "seed"
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(m(x), back(x))
+
+
+def test_unknown_stem_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="unknown stem"):
+        MnistNet(ModelConfig(stem="dilated"))
 
 
 def test_load_missing(tmp_path: Path) -> None:
