@@ -162,8 +162,10 @@ class ClosedLoop:
         acc.estimated = report.estimate.value
         if r is not None:
             acc.realized, acc.realized_n = r.accuracy, r.n
-        if report.fired or report.drifted:
-            self._maybe_retrain()  # labels may have arrived since the alert first fired
+        if report.drifted and not report.fired:
+            # labels may have arrived since the alert first fired; alerts firing in THIS window
+            # start the retrain from on_alerts, once they are on the timeline
+            self._maybe_retrain()
         if self._rollback_alert_open and w.model_version != self.watched_version:
             self._rollback_alert(w.window, w.model_version, False)
         with self._lock:
