@@ -228,7 +228,8 @@ class ClosedLoop:
                 del self._job_states[job_id]
                 d = job.details or {}
                 took = (job.finished_at or 0) - (job.started_at or job.created_at)
-                detail = f"job {job_id} {job.state} in {took:.0f}s" + (f": {job.error}" if job.error else "")
+                why = job.error or d.get("summary")  # e.g. why the production gate rejected it
+                detail = f"job {job_id} {job.state} in {took:.0f}s" + (f": {why}" if why else "")
                 self.record("retrain_finished", detail, job.version, challenger=d.get("challenger"))
 
     def _follow_shadow(self) -> None:
