@@ -37,6 +37,7 @@ class ServiceState:
     loop: Any = None  # the ClosedLoop when it runs in this process
     background: list[Any] = field(default_factory=list)  # monitor loop etc., stopped on shutdown
     rng: random.Random = field(default_factory=random.Random)
+    reference_freq: dict[str, list[float]] = field(default_factory=dict)  # per model version (dashboard)
 
     def model(self) -> LoadedModel:
         """The model that answers the next request (a stable reference for the whole request)."""

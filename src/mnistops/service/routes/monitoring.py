@@ -137,7 +137,7 @@ def _traffic(ts: np.ndarray, lat: np.ndarray, bucket: float = 10.0) -> list[Traf
 
 
 def _reference_freq(state: ServiceState, version: str) -> list[float]:
-    cache: dict[str, list[float]] = state.__dict__.setdefault("_ref_freq", {})
+    cache = state.reference_freq
     if version not in cache:
         freq = [0.1] * 10
         reg = state.registry_ops
