@@ -144,12 +144,9 @@ def _seed_loop_registry(env: dict[str, str], model_dir: Path, mnist: Mnist) -> s
     s.ensure_dirs()
     configure(s)
     reg = Registry(s)
-    # a copy without the project store's run id: this registry is a separate MLflow store
+    # this registry is a separate MLflow store: the project run's id gets a local stand-in run
     local = Path(env["MNISTOPS_HOME"]) / "initial-model"
     shutil.copytree(model_dir, local)
-    metrics = json.loads((local / "metrics.json").read_text())
-    metrics.pop("run_id", None)
-    (local / "metrics.json").write_text(json.dumps(metrics, indent=1))
     v = reg.register(local, mnist=mnist)
     report = reg.gate(v, mnist=mnist)
     reg.promote(v, reason="demo: initial champion", force=not report.passed)
@@ -223,7 +220,7 @@ def make_broken(model_dir: Path, out: Path, classes: tuple[int, ...] = (3, 5, 8)
     save_model(m, out / "model.pt")
     export_onnx(m, out / "model.onnx")
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    metrics.pop("run_id", None)
+    metrics.pop("run_id", None)  # a different model from that run's output
     metrics["note"] = f"deliberately broken: classes {list(classes)} suppressed"
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     shutil.copy(model_dir / "config.json", out / "config.json")

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SOURCE_RUN_TAG = "mnistops.source_run_id"  # on a local run standing in for another store's run
 
 
 def git_commit() -> str:
@@ -55,7 +56,9 @@ def register(
     Args:
         model_dir: folder with model.pt, model.onnx, metrics.json, config.json.
         run_id: the training run; default ``metrics.json["run_id"]``; if neither, a new run
-            whose id is written back into ``metrics.json``.
+            whose id is written back into ``metrics.json``. A run id from ``metrics.json`` that
+            this store does not know (trained against another store) gets a local run tagged
+            with it; ``metrics.json`` is left as it is.
         mnist: data for the reference profile (loaded from the data dir if ``None``).
         profile: build and log the reference profile.
 
@@ -64,20 +67,26 @@ def register(
 
     Raises:
         ModelNotFoundError: a required file is missing.
-        RegistryError: the run does not exist in this store or MLflow failed.
+        RegistryError: an explicit ``run_id`` does not exist in this store, or MLflow failed.
     """
     missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
     if missing:
         raise ModelNotFoundError(f"{model_dir} lacks {', '.join(missing)}")
     metrics: dict[str, Any] = json.loads((model_dir / "metrics.json").read_text())
+    explicit = run_id is not None
     run_id = run_id or metrics.get("run_id")
+    if run_id and not explicit:
+        _check_run_id(run_id, model_dir)
+        if not _run_exists(reg, run_id):
+            # trained against another MLflow store (a laptop run promoted on a server, say): give
+            # it a run here, found again by its source id so re-registering stays idempotent
+            run_id = _run_for_source(reg, model_dir, metrics, run_id)
     if not run_id:
         # an untracked folder: give it a run, and remember it so re-registering is idempotent
         run_id = _new_run(reg, model_dir, metrics)
         metrics["run_id"] = run_id
         (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    if not _RUN_ID.fullmatch(str(run_id)):  # it goes into a registry filter string
-        raise RegistryError(f"invalid run id {run_id!r} in {model_dir / 'metrics.json'}")
+    _check_run_id(run_id, model_dir)
     with locked(reg.settings, "registry"):
         existing = reg.search_versions(f"run_id='{run_id}'")
         if existing:
@@ -90,13 +99,42 @@ def register(
     return str(mv.version)
 
 
-def _new_run(reg: Registry, model_dir: Path, metrics: dict[str, Any]) -> str:
+def _check_run_id(run_id: str, model_dir: Path) -> None:
+    if not _RUN_ID.fullmatch(str(run_id)):  # it goes into registry / run filter strings
+        raise RegistryError(f"invalid run id {run_id!r} in {model_dir / 'metrics.json'}")
+
+
+def _run_exists(reg: Registry, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        reg.client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def _run_for_source(reg: Registry, model_dir: Path, metrics: dict[str, Any], source_run_id: str) -> str:
+    from mnistops.tracking import setup_tracking
+
+    exp = setup_tracking(reg.settings)
+    found = reg.client.search_runs([exp], filter_string=f"tags.`{SOURCE_RUN_TAG}` = '{source_run_id}'")
+    if found:
+        return str(found[0].info.run_id)
+    return _new_run(reg, model_dir, metrics, {SOURCE_RUN_TAG: source_run_id})
+
+
+def _new_run(
+    reg: Registry, model_dir: Path, metrics: dict[str, Any], tags: dict[str, str] | None = None
+) -> str:
     from mlflow.entities import Metric
 
     from mnistops.tracking import setup_tracking
 
     exp = setup_tracking(reg.settings)
-    run = reg.client.create_run(exp, tags={"mnistops.kind": "register", "source_dir": str(model_dir)})
+    run = reg.client.create_run(
+        exp, tags={"mnistops.kind": "register", "source_dir": str(model_dir), **(tags or {})}
+    )
     vals = [
         Metric(k, float(v), 0, 0)
         for k, v in metrics.items()

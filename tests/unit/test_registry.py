@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mnistops.data import Mnist
-from mnistops.errors import ModelNotFoundError, PromotionRefusedError, RollbackError
+from mnistops.errors import ModelNotFoundError, PromotionRefusedError, RegistryError, RollbackError
 from mnistops.evaluate import predict_embeddings, predict_logits
 from mnistops.gates import load_gate_config
 from mnistops.model import MnistNet, save_model
@@ -214,3 +214,17 @@ def test_concurrent_promotions_from_two_processes(world: dict[str, Any]) -> None
         first.from_version == "1" and second.from_version == first.to_version
     )  # serialised, not interleaved
     assert reg.aliases()[CHAMPION] == second.to_version and reg.aliases()[PREVIOUS] == first.to_version
+
+
+def test_run_id_from_another_store_gets_a_local_run(world: dict[str, Any]) -> None:
+    reg: Registry = world["reg"]
+    foreign = "0123456789abcdef0123456789abcdef"  # a training run in some other MLflow store
+    d = _model_dir(world["good"], world["root"] / "foreign", {"run_id": foreign, "test_accuracy": 1.0})
+    v = reg.register(d, mnist=world["mnist"], profile=False)
+    assert reg.register(d, mnist=world["mnist"], profile=False) == v  # idempotent via the source tag
+    local = reg.get_version(v).run_id
+    assert local != foreign
+    assert reg.client.get_run(local).data.tags["mnistops.source_run_id"] == foreign
+    assert json.loads((d / "metrics.json").read_text())["run_id"] == foreign  # the folder is untouched
+    with pytest.raises(RegistryError, match="not found"):
+        reg.register(d, run_id=foreign, profile=False)  # an explicit run id must exist
