@@ -334,11 +334,10 @@ class RetrainJobRunner:
         passed = report.passed and pg.passed
         if passed:
             self.registry.set_challenger(version)
-        failed = ", ".join(report.failed_checks) or "none"
+        failed = ", ".join(report.failed_checks)
+        registry = f"registry gate failed ({failed})" if failed else "registry gate passed"
         verdict = "challenger" if passed else "rejected"
-        summary = (
-            f"version {version} {verdict}: failed registry checks: {failed}; production gate: {pg.reason}"
-        )
+        summary = f"version {version} {verdict}: {registry}; production gate: {pg.reason}"
         return {
             "summary": summary,
             "version": version,
