@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from mnistops.data import MEAN, STD
 from mnistops.model import load_model
+from mnistops.service.schemas import PredictionOut  # the same response as the real service
 
 Row = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=28, max_length=28)]
 
@@ -33,17 +34,6 @@ class PixelsIn(BaseModel):
     """One 28x28 grid of ints 0-255."""
 
     pixels: Annotated[list[Row], Field(min_length=28, max_length=28)]
-
-
-class PredictionOut(BaseModel):
-    """Same response fields as the real service."""
-
-    prediction_id: str
-    label: int
-    probabilities: list[float]
-    confidence: float
-    model_version: str
-    latency_ms: float
 
 
 def build_app(model_path: Path, db_path: Path) -> FastAPI:

@@ -45,9 +45,7 @@ class DemoResult:
 
     timeline: list[dict[str, Any]] = field(default_factory=list)
     shift_start: int = 0
-    drift_window_lag: int | None = (
-        None  # windows after the shift start until the first drift alert (1 = first)
-    )
+    drift_window_lag: int | None = None  # shifted windows until the first drift alert (1 = first)
     acc_before: float | None = None  # champion accuracy on the shifted stream before the retrain
     acc_after: float | None = None  # new champion accuracy on the shifted stream
     promoted_version: str | None = None

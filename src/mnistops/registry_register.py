@@ -75,18 +75,17 @@ def register(
     metrics: dict[str, Any] = json.loads((model_dir / "metrics.json").read_text())
     explicit = run_id is not None
     run_id = run_id or metrics.get("run_id")
-    if run_id and not explicit:
+    if run_id:
         _check_run_id(run_id, model_dir)
-        if not _run_exists(reg, run_id):
+        if not explicit and not _run_exists(reg, run_id):
             # trained against another MLflow store (a laptop run promoted on a server, say): give
             # it a run here, found again by its source id so re-registering stays idempotent
             run_id = _run_for_source(reg, model_dir, metrics, run_id)
-    if not run_id:
+    else:
         # an untracked folder: give it a run, and remember it so re-registering is idempotent
         run_id = _new_run(reg, model_dir, metrics)
         metrics["run_id"] = run_id
         (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    _check_run_id(run_id, model_dir)
     with locked(reg.settings, "registry"):
         existing = reg.search_versions(f"run_id='{run_id}'")
         if existing:

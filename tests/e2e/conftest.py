@@ -13,13 +13,13 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from waiting import wait_for
 
 from mnistops.service.app import create_app
 from mnistops.service.state import ServiceState
@@ -54,16 +54,6 @@ class LiveServer:
         """The service state built by the app's lifespan."""
         state: ServiceState = self.app.state.service
         return state
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
-    """Poll ``cond`` until it is true or ``timeout`` seconds passed; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ A screenshot is saved to artifacts/screenshots/dashboard.png.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 import pytest
+from waiting import wait_for
 
 from mnistops.data import Mnist, split_train_val
 from mnistops.monitor.runner import attach_to_service
@@ -35,16 +35,6 @@ WINDOW = 100
 N_CLEAN = 2 * WINDOW
 N_DRIFT = 2 * WINDOW
 DETECTORS = {"bbsd", "mmd", "prior", "inputs", "ood", "combined"}
-
-
-def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``cond`` until true or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def start_monitor(state: ServiceState) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from waiting import wait_for
 
 from mnistops.settings import Settings
 
@@ -29,16 +29,6 @@ Point = tuple[float, float]  # canvas coordinates on the 280x280 drawing pad
 SEVEN: list[list[Point]] = [[(70, 60), (210, 60)], [(210, 60), (180, 130), (150, 200), (130, 240)]]
 # A "1": one thick vertical stroke (unambiguous after the MNIST crop/scale/centre).
 ONE: list[list[Point]] = [[(140, 40), (140, 240)]]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``cond`` until true or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def draw(page: Page, strokes: Sequence[Sequence[Point]], step_px: float = 6.0) -> None:

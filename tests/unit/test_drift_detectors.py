@@ -201,3 +201,8 @@ def test_monitor_config_errors() -> None:
         make_detector("ks")
     with pytest.raises(DriftConfigError):
         make_detector("bbsd", n_permutations=10)
+
+
+def test_unknown_weights_name_is_a_config_error() -> None:
+    with pytest.raises(DriftConfigError, match="weights must be"):
+        Monitor.from_names(weights="uniform")

@@ -152,9 +152,10 @@ class Monitor:
         """
         opts = options or {}
         dets = [make_detector(n, seed=seed, **dict(opts.get(n, {}))) for n in names]
-        if weights == "default":
+        if isinstance(weights, str):
+            if weights != "default":
+                raise DriftConfigError(f"weights must be a mapping, None or 'default', not {weights!r}")
             weights = DEFAULT_WEIGHTS if set(names) <= set(DEFAULT_WEIGHTS) else None
-        assert not isinstance(weights, str)
         return cls(dets, alpha=alpha, correction=correction, weights=weights, **kwargs)
 
     def fit(self, reference: Sample) -> Self:
