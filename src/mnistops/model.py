@@ -1,4 +1,4 @@
-"""The CNN: 7 conv layers (3x3 and 1x1), batch norm, max pooling, global average pooling, linear head.
+"""The CNN: 7 conv layers (3x3 and 1x1), batch norm, max pooling, global avg ⊕ max pooling, linear head.
 
 Default layout (``stem="stride"``): a stride-2 3x3 conv (28x28 → 14x14), four convs at 14x14
 (3x3, 1x1, 3x3, 3x3), max-pool, two 3x3 convs at 7x7. The seed kept two convs at 28x28 before its
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mnistops.errors import ModelError, ModelNotFoundError
@@ -32,10 +33,30 @@ class ModelConfig:
     c4: int = 16  # conv4 3x3, 14x14
     c5: int = 16  # conv5 3x3, 14x14, then max-pool → 7x7
     c6: int = 32  # conv6 3x3, 7x7
-    c7: int = 32  # conv7 3x3, 7x7 → global average pool → the embedding
+    c7: int = 32  # conv7 3x3, 7x7 → global pooling → the embedding
     dropout: float = 0.0  # before the linear head
     num_classes: int = 10  # outputs
     stem: str = "stride"  # 28→14 by "stride" (stride-2 conv1), "pool" (max-pool) or "seed" (after conv2)
+    pool: str = "avg+max"  # global pooling before the head: "avg" (the seed) or "avg+max" (2*c7 features)
+
+
+class AvgMaxPool(nn.Module):
+    """Global average ⊕ global max pooling: [N,C,H,W] → [N,2C].
+
+    The max half says whether a stroke feature occurs anywhere, which the average dilutes: worth
+    about 0.08 point of one-epoch accuracy over six seeds for 320 more head parameters (README).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+
+
+def _pool(cfg: ModelConfig) -> list[nn.Module]:
+    if cfg.pool == "avg":
+        return [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if cfg.pool == "avg+max":
+        return [AvgMaxPool()]
+    raise ModelError(f"unknown pool {cfg.pool!r} (expected 'avg' or 'avg+max')")
 
 
 def _block(cin: int, cout: int, k: int, pool: bool = False, stride: int = 1) -> nn.Sequential:
@@ -82,13 +103,13 @@ class MnistNet(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
-        self.body = nn.Sequential(*_body(cfg), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.c7, cfg.num_classes))
+        self.body = nn.Sequential(*_body(cfg), *_pool(cfg))
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(self.embedding_dim, cfg.num_classes))
 
     @property
     def embedding_dim(self) -> int:
-        """Size D of the penultimate embedding."""
-        return self.cfg.c7
+        """Size D of the penultimate embedding (c7, or 2*c7 with avg+max pooling)."""
+        return self.cfg.c7 * (2 if self.cfg.pool == "avg+max" else 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate embeddings [N,D] of normalized images [N,1,28,28]."""
@@ -105,6 +126,34 @@ class MnistNet(nn.Module):
         return self.classify(self.features(x))
 
 
+def whiten_stem_(model: MnistNet, images: torch.Tensor, eps: float = 1e-2) -> None:
+    """Initialise the stem's filters as ± PCA-whitening filters of the images' 3x3 patches.
+
+    The stem sees 3x3 patches (9 values). Filter pair i is ±v_i / sqrt(λ_i + eps) for the
+    eigenpairs (λ_i, v_i) of the patch covariance, largest variance first, so from step 0 the
+    stem passes on every direction of pixel variation at unit scale (the ± pair survives the
+    ReLU either way). Channels beyond the 18 filters keep their random init. Borrowed from
+    airbench's frozen whitening layer; here the filters stay trainable. Over six seeds it lifted
+    one-epoch accuracy by about 0.1 point (README).
+
+    Args:
+        model: a fresh model (its first conv is overwritten in place).
+        images: normalised float [N,1,28,28]; a few thousand images are plenty.
+        eps: added to the eigenvalues so near-constant directions are not amplified into noise.
+    """
+    conv = model.body[0][0]
+    assert isinstance(conv, nn.Conv2d)
+    k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    patches = F.unfold(images, k, padding=pad, stride=stride).transpose(1, 2).reshape(-1, k * k)  # [N*L, 9]
+    patches = patches - patches.mean(0)
+    eigval, eigvec = torch.linalg.eigh(patches.T @ patches / len(patches))  # ascending
+    filt = (eigvec / torch.sqrt(eigval + eps)).T.flip(0)  # [9,9], rows by descending variance
+    pairs = torch.stack([filt, -filt], 1).reshape(-1, k * k)  # [18,9]: f1, -f1, f2, -f2, ...
+    m = min(conv.out_channels, len(pairs))
+    with torch.no_grad():
+        conv.weight.view(conv.out_channels, -1)[:m] = pairs[:m].to(conv.weight.dtype)
+
+
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -118,8 +167,12 @@ def save_model(model: MnistNet, path: Path, extra: dict[str, Any] | None = None)
 
 
 def model_config(d: dict[str, Any]) -> ModelConfig:
-    """Rebuild a saved :class:`ModelConfig`; configs saved before ``stem`` existed are the seed layout."""
-    return ModelConfig(**{"stem": "seed", **d})
+    """Rebuild a saved :class:`ModelConfig`.
+
+    Configs saved before a field existed get the layout they were trained with: no ``stem`` is
+    the seed layout, no ``pool`` is global average pooling.
+    """
+    return ModelConfig(**{"stem": "seed", "pool": "avg", **d})
 
 
 def load_model(path: Path) -> MnistNet:

@@ -89,3 +89,15 @@ def test_broadcast_grid_matches_affine_grid() -> None:
     theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(3))
     ref = torch.nn.functional.affine_grid(theta, [16, 1, 28, 20], align_corners=False)
     assert torch.allclose(_affine_grid(theta, 28, 20), ref, atol=1e-5)
+
+
+def test_noise_touches_only_the_noisy_rows() -> None:
+    x = digits(32)
+    cfg = AugmentConfig(rotate_deg=0, crop_p=0, noise_p=0.5)
+    g = torch.Generator().manual_seed(7)
+    params = sample_params(32, cfg, g)
+    out = apply_params(x, params, cfg, g)
+    clean = apply_params(x, params, AugmentConfig(rotate_deg=0, crop_p=0, noise_p=0))
+    assert 0 < int(params.noisy.sum()) < 32
+    assert torch.equal(out[~params.noisy], clean[~params.noisy])
+    assert not torch.equal(out[params.noisy], clean[params.noisy])

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mnistops.data import Split
 from mnistops.errors import ModelError, ModelNotFoundError
-from mnistops.model import MnistNet, ModelConfig, count_params, load_model, save_model
+from mnistops.model import MnistNet, ModelConfig, count_params, load_model, save_model, whiten_stem_
 from mnistops.train import TrainConfig, fit
 
 
@@ -28,13 +29,22 @@ def test_architecture_in_the_seeds_spirit() -> None:
     assert isinstance(m.head[-1], torch.nn.Linear) and m.head[-1].out_features == 10
 
 
+@pytest.mark.parametrize("pool", ["avg", "avg+max"])
 @pytest.mark.parametrize("stem", ["stride", "pool", "seed"])
 @pytest.mark.parametrize("n", [1, 7])
-def test_shapes(n: int, stem: str) -> None:
-    m = MnistNet(ModelConfig(stem=stem)).eval()
+def test_shapes(n: int, stem: str, pool: str) -> None:
+    m = MnistNet(ModelConfig(stem=stem, pool=pool)).eval()
     x = torch.randn(n, 1, 28, 28)
     assert m(x).shape == (n, 10)
     assert m.features(x).shape == (n, m.embedding_dim)
+    assert m.embedding_dim == (64 if pool == "avg+max" else 32)
+
+
+def test_avg_max_pool_concatenates_mean_and_max() -> None:
+    m = MnistNet(ModelConfig(pool="avg+max")).eval()
+    x = torch.randn(3, 1, 28, 28)
+    maps = m.body[:-1](x)  # [3,32,7,7] before the global pooling
+    assert torch.equal(m.features(x), torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], 1))
 
 
 def test_save_load_roundtrip(tmp_path: Path) -> None:
@@ -58,6 +68,24 @@ def test_checkpoint_without_stem_rebuilds_the_seed_layout(tmp_path: Path) -> Non
     assert back.cfg.stem == "seed"
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(m(x), back(x))
+
+
+def test_checkpoint_without_pool_rebuilds_average_pooling(tmp_path: Path) -> None:
+    # models saved before ModelConfig.pool existed had a 32-wide average-pooled embedding
+    m = MnistNet(ModelConfig(pool="avg")).eval()
+    save_model(m, tmp_path / "model.pt")
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    del ckpt["config"]["pool"]
+    torch.save(ckpt, tmp_path / "model.pt")
+    back = load_model(tmp_path)
+    assert back.cfg.pool == "avg" and back.embedding_dim == 32
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(m(x), back(x))
+
+
+def test_unknown_pool_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="unknown pool"):
+        MnistNet(ModelConfig(pool="median"))
 
 
 def test_unknown_stem_is_a_model_error() -> None:
@@ -85,3 +113,46 @@ def test_same_seed_same_weights() -> None:
         assert torch.equal(va, vb), ka
     c, _, _ = fit(_tiny_split(), replace(cfg, seed=6), progress=False)
     assert not torch.equal(a.head[-1].weight, c.head[-1].weight)
+
+
+@pytest.mark.parametrize("stem", ["stride", "seed"])
+def test_whitened_stem_decorrelates_patches(stem: str) -> None:
+    # strongly correlated synthetic images (blurred noise): the + filters of the whitened stem
+    # must map their 3x3 patches to uncorrelated outputs with variance λ/(λ+eps) ≤ 1
+    g = torch.Generator().manual_seed(0)
+    x = F.avg_pool2d(torch.randn(200, 1, 32, 32, generator=g), 5, stride=1)[..., :28, :28]
+    x = (x - x.mean()) / x.std()
+    m = MnistNet(ModelConfig(stem=stem))
+    untouched = m.body[0][0].weight.detach()[18:].clone()
+    whiten_stem_(m, x, eps=1e-3)
+    conv = m.body[0][0]
+    w = conv.weight.detach()
+    out = F.conv2d(x, w[0:18:2], stride=conv.stride, padding=conv.padding)  # [N,9,H,W]
+    cov = torch.cov(out.transpose(0, 1).reshape(9, -1))
+    var = torch.diag(cov)
+    assert (cov - torch.diag(var)).abs().max() < 0.05
+    assert float(var[0]) == pytest.approx(1.0, abs=0.02)  # the largest-variance direction
+    assert bool(torch.all(var <= 1.02))
+    assert torch.equal(w[1:18:2], -w[0:18:2])  # ± pairs
+    assert torch.equal(w[18:], untouched)  # channels past the 18 filters keep their init
+
+
+def test_ema_matches_torch_averaged_model() -> None:
+    from mnistops.train import Ema
+
+    m = MnistNet()
+    ours = Ema(m, 0.9)
+    ref = torch.optim.swa_utils.AveragedModel(
+        m, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True
+    )
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        with torch.no_grad():
+            for t in [*m.parameters(), *(b for b in m.buffers() if b.is_floating_point())]:
+                t.add_(torch.randn(t.shape, generator=g))
+        ours.update()
+        ref.update_parameters(m)
+    want = ref.module.state_dict()
+    for k, v in ours.module.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, want[k], atol=1e-6), k
