@@ -121,7 +121,7 @@ def test_reference_profile_is_loadable_by_version(world: dict[str, Any]) -> None
     prof = load_profile("1", world["settings"])
     assert prof.version == "1" and prof.temperature > 0
     assert prof.probs.shape == prof.logits.shape == (400, 10)  # the whole synthetic 'validation' split
-    assert prof.embeddings.shape == (400, 32) and prof.images.dtype == np.uint8
+    assert prof.embeddings.shape == (400, 64) and prof.images.dtype == np.uint8  # avg ⊕ max of 32 maps
     np.testing.assert_allclose(prof.probs.sum(1), 1.0, atol=1e-5)
     assert prof.class_freq.sum() == pytest.approx(1.0) and prof.confidence_hist.sum() == pytest.approx(1.0)
     assert "mean_intensity" in prof.input_stats and prof.input_stats["ink_fraction"].shape == (400,)
