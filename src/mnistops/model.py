@@ -1,10 +1,11 @@
 """The CNN: 7 conv layers (3x3 and 1x1), batch norm, max pooling, global avg ⊕ max pooling, linear head.
 
 Default layout (``stem="stride"``): a stride-2 3x3 conv (28x28 → 14x14), four convs at 14x14
-(3x3, 1x1, 3x3, 3x3), max-pool, two 3x3 convs at 7x7. The seed kept two convs at 28x28 before its
-first max-pool; on a 2-core CPU the full-resolution batch norm, ReLU and pooling dominated the step
-time, while one-epoch accuracy is the same within seed noise (measured, README).
-``stem="pool"`` is a stride-1 conv then max-pool; ``stem="seed"`` is the seed's layout.
+(3x3, 1x1, 3x3, 3x3), max-pool, two 3x3 convs at 7x7, then global average ⊕ max pooling. The seed
+kept two convs at 28x28 before its first max-pool; on a 2-core CPU the full-resolution batch norm,
+ReLU and pooling dominated the step time, while one-epoch accuracy is the same within seed noise
+(measured, README). ``stem="pool"`` is a stride-1 conv then max-pool; ``stem="seed"`` is the seed's
+layout. ``pool="avg"`` is the seed's global average pooling.
 
 Hyper-parameters live in the frozen :class:`ModelConfig`, saved next to the weights so
 :func:`load_model` rebuilds exactly the architecture that was trained.
