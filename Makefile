@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_STAMP := .mnistops/data/.verified
 export MNISTOPS_HOME ?= .mnistops
+BENCH_TRAIN_ARGS ?= --repeats 3  # alternating seed/mnistops pairs: median and pooled ratio
 
 .PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-drift clean system-deps
 
@@ -47,7 +48,7 @@ pytest: setup
 test: lint typecheck pytest
 
 bench-train: setup
-	$(PY) bench/bench_train.py
+	$(PY) bench/bench_train.py $(BENCH_TRAIN_ARGS)
 
 bench-serve: setup
 	$(PY) bench/bench_serve.py
