@@ -118,7 +118,7 @@ def fit(
     perm = torch.randperm(n, generator=g)
     losses: list[tuple[int, float]] = []
     with _progress(progress, steps) as advance, no_gc():
-        t0 = time.perf_counter()  # the epoch itself: collector pause and progress bar set up
+        t0 = time.perf_counter()  # epoch time starts once the collector is paused and the bar is up
         for step in range(steps):
             group["lr"], group["momentum"] = schedule[step]
             idx = perm[step * bs : (step + 1) * bs]
