@@ -108,8 +108,8 @@ def apply_params(
     theta = affine_matrices(params, cfg).to(x01.dtype)
     grid = _affine_grid(theta, x01.shape[-2], x01.shape[-1])
     out = F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    rows = params.noisy.nonzero().squeeze(1)
-    if cfg.noise_p > 0 and len(rows):
+    rows = params.noisy.nonzero().squeeze(1) if cfg.noise_p > 0 else params.noisy[:0]
+    if len(rows):
         # per-sample sigma ~ U(0, noise_sigma): robust to the whole range of noise levels. Noise is
         # drawn for the noisy rows only (1-2 of 64 at the default p): a whole-batch draw was 40%
         # of the augmentation's cost.

@@ -136,9 +136,8 @@ def whiten_stem_(model: MnistNet, images: torch.Tensor, eps: float = 1e-2) -> No
     eigenpairs (λ_i, v_i) of the patch covariance, largest variance first, so from step 0 the
     stem passes on every direction of pixel variation at unit scale (the ± pair survives the
     ReLU either way). A 16-channel stem gets the 8 leading pairs; channels beyond 18 keep their
-    random init. Borrowed from
-    airbench's frozen whitening layer; here the filters stay trainable. Over six seeds it lifted
-    one-epoch accuracy by about 0.1 point (README).
+    random init. Borrowed from airbench's frozen whitening layer; here the filters stay trainable.
+    Over six seeds it lifted one-epoch accuracy by about 0.1 point (README).
 
     Args:
         model: a fresh model (its first conv is overwritten in place).

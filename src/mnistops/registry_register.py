@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mnistops.errors import ModelNotFoundError, RegistryError
 from mnistops.lock import locked
 from mnistops.registry import MODEL_PATH, PROFILE_PATH, REQUIRED_FILES, Registry
+from mnistops.tracking import setup_tracking
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -83,7 +84,7 @@ def register(
             run_id = _run_for_source(reg, model_dir, metrics, run_id)
     else:
         # an untracked folder: give it a run, and remember it so re-registering is idempotent
-        run_id = _new_run(reg, model_dir, metrics)
+        run_id = _new_run(reg, setup_tracking(reg.settings), model_dir, metrics)
         metrics["run_id"] = run_id
         (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     with locked(reg.settings, "registry"):
@@ -114,23 +115,18 @@ def _run_exists(reg: Registry, run_id: str) -> bool:
 
 
 def _run_for_source(reg: Registry, model_dir: Path, metrics: dict[str, Any], source_run_id: str) -> str:
-    from mnistops.tracking import setup_tracking
-
     exp = setup_tracking(reg.settings)
     found = reg.client.search_runs([exp], filter_string=f"tags.`{SOURCE_RUN_TAG}` = '{source_run_id}'")
     if found:
         return str(found[0].info.run_id)
-    return _new_run(reg, model_dir, metrics, {SOURCE_RUN_TAG: source_run_id})
+    return _new_run(reg, exp, model_dir, metrics, {SOURCE_RUN_TAG: source_run_id})
 
 
 def _new_run(
-    reg: Registry, model_dir: Path, metrics: dict[str, Any], tags: dict[str, str] | None = None
+    reg: Registry, exp: str, model_dir: Path, metrics: dict[str, Any], tags: dict[str, str] | None = None
 ) -> str:
     from mlflow.entities import Metric
 
-    from mnistops.tracking import setup_tracking
-
-    exp = setup_tracking(reg.settings)
     run = reg.client.create_run(
         exp, tags={"mnistops.kind": "register", "source_dir": str(model_dir), **(tags or {})}
     )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mnistops import hw
 from mnistops.augment import AugmentConfig, augment_batch, save_samples
-from mnistops.data import MEAN, STD, Mnist, Split, split_train_val
+from mnistops.data import MEAN, STD, Mnist, Split, normalize, split_train_val
 from mnistops.evaluate import evaluate_model
 from mnistops.model import MnistNet, ModelConfig, count_params, model_config, save_model, whiten_stem_
 from mnistops.optim import Ema, no_gc, one_cycle
@@ -96,7 +96,7 @@ def fit(
     x01 = split.train_x.unsqueeze(1).float().div_(255.0)  # [N,1,28,28] in [0,1]
     model = MnistNet(cfg.model) if init is None else init
     if init is None and cfg.whiten_stem:
-        whiten_stem_(model, (x01[:WHITEN_IMAGES] - MEAN) / STD)
+        whiten_stem_(model, normalize(split.train_x[:WHITEN_IMAGES]))
     model.train()
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)  # type: ignore[call-overload]
