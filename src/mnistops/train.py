@@ -23,7 +23,7 @@ from mnistops.augment import AugmentConfig, augment_batch, save_samples
 from mnistops.data import MEAN, STD, Mnist, Split, normalize, split_train_val
 from mnistops.evaluate import evaluate_model
 from mnistops.model import MnistNet, ModelConfig, count_params, model_config, save_model, whiten_stem_
-from mnistops.optim import Ema, no_gc, one_cycle
+from mnistops.optim import Bf16Weights, Ema, NesterovSGD, Packed, no_gc, one_cycle
 
 WHITEN_IMAGES = 5000  # images whose patches set the stem's whitening filters (~1M patches)
 
@@ -34,11 +34,10 @@ class TrainConfig:
 
     seed: int = 0  # torch RNG seed: same seed → identical weights
     batch_size: int = 64  # images per step (860 steps: one epoch needs many small steps)
-    max_lr: float = 0.15  # one-cycle peak learning rate (SGD)
+    max_lr: float = 0.15  # one-cycle peak learning rate (Nesterov SGD; momentum cycles 0.95-0.85-0.95)
     pct_start: float = 0.2  # share of the epoch spent warming up
     div_factor: float = 25.0  # initial lr = max_lr / div_factor
     final_div_factor: float = 1e4  # final lr = initial lr / final_div_factor
-    momentum: float = 0.9  # SGD Nesterov momentum (cycled 0.85-0.95 by one-cycle)
     weight_decay: float = 5e-4  # L2 on all parameters
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 only if the CPU has it natively
@@ -56,6 +55,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of ``asdict`` (rebuilds the nested configs)."""
         d = dict(d)
+        d.pop("momentum", None)  # older configs: one-cycle always set momentum (0.85-0.95), never this
         d["augment"] = AugmentConfig(**d.get("augment", {}))
         d["model"] = model_config(d["model"]) if "model" in d else ModelConfig()
         return cls(**d)
@@ -103,32 +103,30 @@ def fit(
     y = split.train_y
     n, bs = len(x01), cfg.batch_size
     steps = -(-n // bs)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.max_lr,
-        momentum=cfg.momentum,
-        nesterov=True,
-        weight_decay=cfg.weight_decay,
-        foreach=True,  # one fused call per step instead of a Python loop over tensors (CPU default is off)
-    )
+    packed = Packed(model)  # after the channels-last move: the packed views keep those strides
+    opt = NesterovSGD(packed, cfg.weight_decay)
     schedule = one_cycle(steps, cfg.max_lr, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
-    group = opt.param_groups[0]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.use_bf16() else contextlib.nullcontext()
-    ema = Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    low = Bf16Weights(model) if cfg.use_bf16() else None  # conv/linear run on bf16 copies of the weights
+    xdtype = torch.bfloat16 if low is not None else torch.float32
+    ema = Ema(model, packed, cfg.ema_decay) if cfg.ema_decay > 0 else None
     perm = torch.randperm(n, generator=g)
     losses: list[tuple[int, float]] = []
-    with _progress(progress, steps) as advance, no_gc():
+    with _progress(progress, steps) as advance, no_gc(), low or contextlib.nullcontext():
         t0 = time.perf_counter()  # epoch time starts once the collector is paused and the bar is up
         for step in range(steps):
-            group["lr"], group["momentum"] = schedule[step]
             idx = perm[step * bs : (step + 1) * bs]
             xb = augment_batch(x01[idx], cfg.augment, g).sub_(MEAN).div_(STD)
-            xb = xb.contiguous(memory_format=fmt)
-            with autocast:
-                loss = F.cross_entropy(model(xb), y[idx], label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
+            xb = xb.to(dtype=xdtype, memory_format=fmt)
+            loss = F.cross_entropy(model(xb).float(), y[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad()
+            if low is not None:
+                low.zero_grad()
             loss.backward()
-            opt.step()
+            if low is not None:
+                low.to_master()
+            opt.step(*schedule[step])
+            if low is not None:
+                low.refresh()
             if ema is not None:
                 ema.update()
             if step % cfg.log_every == 0 or step == steps - 1:

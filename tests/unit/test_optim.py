@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnistops.model import MnistNet
-from mnistops.optim import Ema, no_gc, one_cycle
+from mnistops.optim import Bf16Weights, Ema, NesterovSGD, Packed, no_gc, one_cycle
 
 
 @pytest.mark.parametrize(("total", "pct"), [(860, 0.2), (123, 0.3), (10, 0.5)])
@@ -34,9 +34,82 @@ def test_one_cycle_rejects_a_bad_shape() -> None:
         one_cycle(100, 0.1, 1.5, 25.0, 1e4)
 
 
+def _channels_last_net(seed: int) -> MnistNet:
+    torch.manual_seed(seed)
+    return MnistNet().train().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def test_packed_views_keep_values_and_layout_and_share_one_buffer() -> None:
+    m = _channels_last_net(0)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    strides = {k: v.stride() for k, v in m.state_dict().items()}
+    packed = Packed(m)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]) and v.stride() == strides[k], k
+    assert packed.params.numel() == sum(p.numel() for p in m.parameters())
+    with torch.no_grad():
+        packed.data.zero_()
+    assert all(float(v.abs().sum()) == 0 for v in m.state_dict().values() if v.is_floating_point())
+
+
+def test_packed_rejects_overlapping_strides() -> None:
+    m = torch.nn.Linear(3, 1)
+    m.weight = torch.nn.Parameter(torch.zeros(1).expand(4, 3))
+    with pytest.raises(ValueError, match="dense"):
+        Packed(m)
+
+
+def test_nesterov_sgd_matches_torch_sgd() -> None:
+    ours, ref = _channels_last_net(0), _channels_last_net(0)
+    opt = NesterovSGD(Packed(ours), weight_decay=5e-4)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(1)
+    for lr, momentum in [(0.1, 0.9), (0.05, 0.85), (0.02, 0.95)]:
+        x = torch.randn(16, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (16,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ours(x), y).backward()  # accumulates into the packed grad
+        opt.step(lr, momentum)
+        ref_opt.param_groups[0].update(lr=lr, momentum=momentum)
+        ref_opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        ref_opt.step()
+    want = ref.state_dict()
+    for k, v in ours.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, want[k], atol=1e-6), k
+
+
+def test_bf16_weights_train_exactly_like_autocast() -> None:
+    ours, ref = _channels_last_net(0), _channels_last_net(0)
+    opt = NesterovSGD(Packed(ours), weight_decay=5e-4)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(2)
+    with Bf16Weights(ours) as low:
+        assert ours.head[1].weight.dtype == torch.bfloat16
+        for _ in range(3):
+            x = torch.randn(16, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (16,), generator=g)
+            opt.zero_grad()
+            low.zero_grad()
+            torch.nn.functional.cross_entropy(ours(x.to(torch.bfloat16)).float(), y).backward()
+            low.to_master()
+            opt.step(0.1, 0.9)
+            low.refresh()
+            ref_opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(ref(x), y)
+            loss.backward()
+            ref_opt.step()
+    assert ours.head[1].weight.dtype == torch.float32  # the fp32 masters are back
+    want = ref.state_dict()
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, want[k]), k
+
+
 def test_ema_matches_torch_averaged_model() -> None:
-    m = MnistNet()
-    ours = Ema(m, 0.9)
+    m = _channels_last_net(0)
+    ours = Ema(m, Packed(m), 0.9)
     ref = torch.optim.swa_utils.AveragedModel(
         m, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True
     )
