@@ -32,9 +32,7 @@ Pair = tuple[dict[str, float], dict[str, Any], float]  # seed result, mnistops m
 
 def run_pair(mnist: Mnist, split: Split, settings: Settings) -> Pair:
     """One seed-recipe epoch, then one ``mnistops train`` (seed 0) into a scratch home."""
-    seed = train_seed(
-        split.train_x.numpy(), split.train_y.numpy(), mnist.test_images.numpy(), mnist.test_labels.numpy()
-    )
+    seed = train_seed(split.train_x, split.train_y, mnist.test_images, mnist.test_labels)
     with tempfile.TemporaryDirectory() as tmp:
         s = Settings(home=Path(tmp), data_dir=settings.data_path, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
         t0 = time.perf_counter()
