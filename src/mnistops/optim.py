@@ -166,6 +166,7 @@ class Bf16Weights:
         self._low = [nn.Parameter(p.detach().to(torch.bfloat16)) for p in self._masters]  # keeps strides
 
     def __enter__(self) -> Bf16Weights:
+        self.refresh()  # the masters may have changed since __init__
         for (mod, name, _), low in zip(self._slots, self._low, strict=True):
             mod._parameters[name] = low
         return self
