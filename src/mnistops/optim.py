@@ -220,18 +220,17 @@ class Ema(Generic[M]):
 
 @contextlib.contextmanager
 def no_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector (collect once, freeze survivors, disable; undo on exit).
+    """Pause the cyclic garbage collector (collect once, disable; re-enable on exit).
 
     Each step allocates thousands of short-lived autograd objects; the collector rescanning them
-    was ~6% of an epoch (py-spy). Nothing in the training loop makes reference cycles.
+    was ~6% of an epoch (py-spy). Nothing in the training loop makes reference cycles. The freeze
+    state is left alone: a service that retrains in-process keeps its startup objects frozen.
     """
     enabled = gc.isenabled()
     gc.collect()
-    gc.freeze()
     gc.disable()
     try:
         yield
     finally:
-        gc.unfreeze()
         if enabled:
             gc.enable()

@@ -147,3 +147,15 @@ def test_pages_served(client: TestClient) -> None:
     assert client.get("/dashboard").status_code == 200
     assert client.get("/static/vendor/chart.umd.min.js").status_code == 200
     assert client.get("/v1/dashboard").json()["model"]["version"] == "7"
+
+
+def test_startup_objects_are_frozen_for_the_collector_until_shutdown(
+    trained_model_dir: Path, tmp_path: Path
+) -> None:
+    import gc
+
+    app = create_app(Settings(home=tmp_path), resolver=lambda: ("7", trained_model_dir))  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 0  # full collections skip what startup built
+    assert gc.get_freeze_count() == 0  # shutdown hands them back to the collector

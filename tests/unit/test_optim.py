@@ -131,3 +131,14 @@ def test_no_gc_pauses_and_restores_the_collector() -> None:
     with no_gc():
         assert not gc.isenabled()
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_no_gc_leaves_a_service_s_frozen_objects_frozen() -> None:
+    gc.freeze()  # what the service does at startup
+    try:
+        frozen = gc.get_freeze_count()
+        with no_gc():
+            pass
+        assert gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()
