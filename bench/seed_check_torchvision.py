@@ -27,10 +27,10 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "src"))  # mnistops.data needs only torch + numpy
 
+from mnistops.data import split_indices
 from seed_recipe import MEAN, STD, SeedMnist, SeedNet
-
-SPLIT_SEED, VAL_SIZE = 42, 5000  # mnistops.data's fixed split (this script avoids importing mnistops)
 
 
 def torchvision_train_set(data_dir: Path) -> Subset:  # type: ignore[type-arg]
@@ -50,8 +50,8 @@ def torchvision_train_set(data_dir: Path) -> Subset:  # type: ignore[type-arg]
     for kind in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
         (root / f"{kind}-ubyte").symlink_to((data_dir / f"{kind}-ubyte").resolve())
     full = datasets.MNIST(str(root.parent.parent), train=True, download=False, transform=tf)
-    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    return Subset(full, perm[VAL_SIZE:].tolist())
+    train, _ = split_indices(len(full))  # the 55k images bench-train uses
+    return Subset(full, train.tolist())
 
 
 def check_identical(tv: Subset, ours: SeedMnist, n: int) -> None:  # type: ignore[type-arg]

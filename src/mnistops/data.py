@@ -220,10 +220,17 @@ def load_mnist(data_dir: Path) -> Mnist:
     )
 
 
+def split_indices(
+    n: int, seed: int = SPLIT_SEED, val_size: int = VAL_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices of the fixed seeded split of ``n`` training images."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:], perm[:val_size]
+
+
 def split_train_val(mnist: Mnist, seed: int = SPLIT_SEED, val_size: int = VAL_SIZE) -> Split:
     """Fixed seeded split of the 60k training images into train and validation."""
-    perm = torch.randperm(len(mnist.train_images), generator=torch.Generator().manual_seed(seed))
-    val, train = perm[:val_size], perm[val_size:]
+    train, val = split_indices(len(mnist.train_images), seed, val_size)
     return Split(
         train_x=mnist.train_images[train],
         train_y=mnist.train_labels[train],

@@ -104,9 +104,9 @@ def fit(
     n, bs = len(x01), cfg.batch_size
     steps = -(-n // bs)
     packed = Packed(model)  # after the channels-last move: the packed views keep those strides
-    opt = NesterovSGD(packed, cfg.weight_decay)
-    schedule = one_cycle(steps, cfg.max_lr, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
     low = Bf16Weights(model) if cfg.use_bf16() else None  # conv/linear run on bf16 copies of the weights
+    opt = NesterovSGD(packed, cfg.weight_decay, low)
+    schedule = one_cycle(steps, cfg.max_lr, cfg.pct_start, cfg.div_factor, cfg.final_div_factor)
     xdtype = torch.bfloat16 if low is not None else torch.float32
     ema = Ema(model, packed, cfg.ema_decay) if cfg.ema_decay > 0 else None
     perm = torch.randperm(n, generator=g)
@@ -119,14 +119,8 @@ def fit(
             xb = xb.to(dtype=xdtype, memory_format=fmt)
             loss = F.cross_entropy(model(xb).float(), y[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad()
-            if low is not None:
-                low.zero_grad()
             loss.backward()
-            if low is not None:
-                low.to_master()
             opt.step(*schedule[step])
-            if low is not None:
-                low.refresh()
             if ema is not None:
                 ema.update()
             if step % cfg.log_every == 0 or step == steps - 1:

@@ -82,20 +82,18 @@ def test_nesterov_sgd_matches_torch_sgd() -> None:
 
 def test_bf16_weights_train_exactly_like_autocast() -> None:
     ours, ref = _channels_last_net(0), _channels_last_net(0)
-    opt = NesterovSGD(Packed(ours), weight_decay=5e-4)
+    packed, low = Packed(ours), Bf16Weights(ours)
+    opt = NesterovSGD(packed, weight_decay=5e-4, low=low)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     g = torch.Generator().manual_seed(2)
-    with Bf16Weights(ours) as low:
+    with low:
         assert ours.head[1].weight.dtype == torch.bfloat16
         for _ in range(3):
             x = torch.randn(16, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
             y = torch.randint(0, 10, (16,), generator=g)
             opt.zero_grad()
-            low.zero_grad()
             torch.nn.functional.cross_entropy(ours(x.to(torch.bfloat16)).float(), y).backward()
-            low.to_master()
             opt.step(0.1, 0.9)
-            low.refresh()
             ref_opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = torch.nn.functional.cross_entropy(ref(x), y)
