@@ -27,11 +27,11 @@ from drift_data import Pool, build_pool, find_fashion, get_model, load_idx_image
 from drift_estimate import ATC, gap_windows
 from drift_run import BASELINE, COMBINED, RULES, Rates, Record, make_baseline, make_monitor, run_window
 from drift_summary import GAP_SCENARIOS, build_tables, checks
-from mnistops.data import load_mnist, split_train_val
+from mnistops.demo.scenarios import SCENARIOS, Scenario, foreign
 from mnistops.monitor.drift import DEFAULT_DETECTORS, Sample
-from mnistops.profile import build_profile
-from mnistops.scenarios import SCENARIOS, Scenario, foreign
+from mnistops.registry.profile import build_profile
 from mnistops.settings import Settings
+from mnistops.training.data import load_mnist, split_train_val
 
 RESULTS = Path(__file__).parent / "results"
 FULL_NS = (10, 20, 50, 100, 200, 500, 1000)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mnistops.data import FILES, load_mnist
 from mnistops.settings import Settings
+from mnistops.training.data import FILES, load_mnist
 from serve_load import LoadResult, have_wrk, load_average, run_httpx, run_wrk, start, stop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ TARGET_RPS, TARGET_P99_MS, TARGET_CONC, TARGET_RATIO = 800.0, 25.0, 8, 3.0
 
 def prepare_home(tmp: Path, model_dir: Path | None) -> tuple[Settings, str, Path]:
     """Temp home + MLflow store with a registered, promoted champion; returns (settings, version, dir)."""
-    from mnistops.registry import Registry
+    from mnistops.registry.core import Registry
 
     data = tmp / "data"
     data.mkdir()
@@ -44,7 +44,7 @@ def prepare_home(tmp: Path, model_dir: Path | None) -> tuple[Settings, str, Path
     s.ensure_dirs()
     dest = tmp / "models" / "bench"
     if model_dir is None:
-        from mnistops.train import TrainConfig, run_training
+        from mnistops.training.train import TrainConfig, run_training
 
         print("training a model (one epoch) ...", flush=True)
         run_training(TrainConfig(seed=0), s, out_dir=dest, track=True, progress=False)
@@ -220,7 +220,7 @@ def main() -> None:
 
 
 def _count_logged(url: str) -> int:
-    from mnistops.monitor.store import PredictionStore
+    from mnistops.store.predictions import PredictionStore
 
     store = PredictionStore(url)
     try:

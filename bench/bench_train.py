@@ -22,9 +22,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mnistops.data import Mnist, Split, load_mnist, split_train_val
 from mnistops.settings import Settings
-from mnistops.train import TrainConfig, run_training
+from mnistops.training.data import Mnist, Split, load_mnist, split_train_val
+from mnistops.training.train import TrainConfig, run_training
 from seed_recipe import train_seed
 
 Pair = tuple[dict[str, float], dict[str, Any], float]  # seed result, mnistops metrics, mnistops end to end s

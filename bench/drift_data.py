@@ -2,7 +2,7 @@
 
 Speed: the model runs once per pool (the clean test set once; each shifted scenario once per seed
 on a fixed random subset of the test set); a window is then assembled by index, taking each row
-from the clean or the shifted pool exactly as :func:`mnistops.scenarios.sample_stream` would.
+from the clean or the shifted pool exactly as :func:`mnistops.demo.scenarios.sample_stream` would.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistops.data import Mnist, parse_idx
-from mnistops.evaluate import predict_embeddings
-from mnistops.model import MnistNet, load_model
+from mnistops.demo.scenarios import Scenario, sample_indices
 from mnistops.monitor.drift import Sample
 from mnistops.monitor.performance import calibrated_probs
-from mnistops.scenarios import Scenario, sample_indices
+from mnistops.training.data import Mnist, parse_idx
+from mnistops.training.evaluate import predict_embeddings
+from mnistops.training.model import MnistNet, load_model
 
 FASHION_PACKAGE = "dataset-fashion-mnist"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts its idx files
@@ -76,7 +76,7 @@ def get_model(model_dir: Path | None, mnist: Mnist, progress: bool = True) -> tu
     if model_dir is not None and (model_dir / "model.pt").is_file():
         return load_model(model_dir), f"loaded {model_dir}"
     from mnistops.settings import Settings
-    from mnistops.train import TrainConfig, run_training
+    from mnistops.training.train import TrainConfig, run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         out = model_dir or Path(tmp) / "model"

@@ -23,9 +23,9 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from mnistops.data import MEAN, STD
-from mnistops.model import load_model
 from mnistops.service.schemas import PredictionOut  # the same response as the real service
+from mnistops.training.data import MEAN, STD
+from mnistops.training.model import load_model
 
 Row = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=28, max_length=28)]
 

@@ -27,9 +27,11 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "src"))  # mnistops.data needs only torch + numpy
+sys.path.insert(
+    0, str(Path(__file__).parent.parent / "src")
+)  # mnistops.training.data needs only torch + numpy
 
-from mnistops.data import split_indices
+from mnistops.training.data import split_indices
 from seed_recipe import MEAN, STD, SeedMnist, SeedNet
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import torch
 
-from mnistops.data import FILES, Mnist, load_mnist, split_train_val
 from mnistops.errors import ModelNotFoundError
-from mnistops.model import load_model
-from mnistops.profile import build_profile
+from mnistops.registry.profile import build_profile
 from mnistops.settings import Settings, get_settings
+from mnistops.training.data import FILES, Mnist, load_mnist, split_train_val
+from mnistops.training.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def models_dir(settings: Settings) -> Path:
 @pytest.fixture(scope="session")
 def trained_model_dir(settings: Settings, mnist: Mnist, models_dir: Path) -> Path:
     """A model trained once per session with the default recipe (tracked in the session's MLflow)."""
-    from mnistops.train import TrainConfig, run_training
+    from mnistops.training.train import TrainConfig, run_training
 
     res = run_training(
         TrainConfig(seed=0), settings, out_dir=models_dir / "seed0", mnist=mnist, progress=False

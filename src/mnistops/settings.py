@@ -1,8 +1,9 @@
 """Runtime settings for services and paths (env prefix ``MNISTOPS_``).
 
 Model and training hyper-parameters do NOT live here: they are frozen dataclasses saved with
-each model (see :mod:`mnistops.model` and :mod:`mnistops.train`). Nothing here touches the disk
-on import or on construction; call :meth:`Settings.ensure_dirs` where a directory is needed.
+each model (see :mod:`mnistops.training.model` and :mod:`mnistops.training.train`). Nothing
+here touches the disk on import or on construction; call :meth:`Settings.ensure_dirs` where a
+directory is needed.
 """
 
 from __future__ import annotations

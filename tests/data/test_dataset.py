@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mnistops.data import Mnist, split_train_val
+from mnistops.training.data import Mnist, split_train_val
 
 
 def test_sizes_and_types(mnist: Mnist) -> None:

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from waiting import wait_for
 
-from mnistops.data import Mnist, split_train_val
+from mnistops.demo.scenarios import compose, noise, rotate
 from mnistops.monitor.runner import attach_to_service
-from mnistops.scenarios import compose, noise, rotate
 from mnistops.service.state import ServiceState
 from mnistops.settings import Settings
+from mnistops.training.data import Mnist, split_train_val
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

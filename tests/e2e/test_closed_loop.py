@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from mnistops.data import Mnist
-from mnistops.demo import DemoResult, LoopDemoConfig, run_loop_demo, stop_service
+from mnistops.demo.run import DemoResult, LoopDemoConfig, run_loop_demo, stop_service
 from mnistops.settings import Settings
+from mnistops.training.data import Mnist
 
 pytestmark = pytest.mark.slow
 

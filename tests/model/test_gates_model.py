@@ -1,6 +1,6 @@
 """The quality gate on the session's trained model: the very check functions `mnistops gate` runs.
 
-Parametrized over :data:`mnistops.gates.CHECKS`, so a check added to the gate is tested here
+Parametrized over :data:`mnistops.gates.checks.CHECKS`, so a check added to the gate is tested here
 automatically and CI can never disagree with the gate. The champion checks compare the model
 with itself (zero discordant pairs), so they execute instead of being skipped.
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistops.data import Mnist
-from mnistops.gates import CHECKS, Check, GateContext, load_gate_config, run_gates
-from mnistops.model import MnistNet, load_model, save_model
+from mnistops.gates.checks import CHECKS, Check, GateContext, load_gate_config, run_gates
 from mnistops.settings import Settings
-from mnistops.train import export_onnx
+from mnistops.training.data import Mnist
+from mnistops.training.model import MnistNet, load_model, save_model
+from mnistops.training.train import export_onnx
 
 
 def _head(model: MnistNet) -> torch.nn.Linear:
@@ -70,8 +70,8 @@ def test_trained_model_registers_gates_and_promotes(
     settings: Settings, trained_model_dir: Path, mnist: Mnist
 ) -> None:
     """Register → gate → promote on the real model, in its own registered model name."""
-    from mnistops.profile import load_profile
-    from mnistops.registry import CHAMPION, Registry
+    from mnistops.registry.core import CHAMPION, Registry
+    from mnistops.registry.profile import load_profile
 
     s = settings.model_copy(update={"model_name": "mnist-classifier-gate-test"})
     reg = Registry(s)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnistops.data import normalize
-from mnistops.evaluate import accuracy, add_noise, onnx_logits, predict_logits
-from mnistops.model import count_params, load_model
+from mnistops.training.data import normalize
+from mnistops.training.evaluate import accuracy, add_noise, onnx_logits, predict_logits
+from mnistops.training.model import count_params, load_model
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from mnistops.monitor.store import PredictionStore
+from mnistops.store.predictions import PredictionStore
 
 PG_ENV = "MNISTOPS_TEST_POSTGRES_URL"
 PG_SKIP = "PostgreSQL not available: set MNISTOPS_TEST_POSTGRES_URL (.ci/postgres.sh)"

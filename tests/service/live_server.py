@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnistops.data import FILES
 from mnistops.settings import Settings
+from mnistops.training.data import FILES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def make_registry(root: Path, cached_data_dir: Path, model_dir: Path, n_versions
     versions are distinct registry entries with identical weights; responses tell them apart
     by ``model_version``.
     """
-    from mnistops.registry import Registry
+    from mnistops.registry.core import Registry
 
     data = root / "data"
     data.mkdir(parents=True)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from live_server import LiveServer, RegistryHome, make_registry, post_json
 
-from mnistops.monitor.store import PredictionStore
+from mnistops.store.predictions import PredictionStore
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from live_server import LiveServer, make_registry, post_json
 
-from mnistops.registry import Registry
+from mnistops.registry.core import Registry
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from mnistops.errors import NotFoundError, StoreError
-from mnistops.monitor.logger import PredictionLogger
-from mnistops.monitor.spill import SpillFile
-from mnistops.monitor.store import PredictionRecord, PredictionStore, ShadowRecord
+from mnistops.service.logger import PredictionLogger
+from mnistops.service.spill import SpillFile
+from mnistops.store.predictions import PredictionRecord, PredictionStore, ShadowRecord
 
 
 def records(n: int, seed: int = 0) -> list[PredictionRecord]:

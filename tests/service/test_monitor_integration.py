@@ -12,12 +12,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from mnistops.data import Mnist, split_train_val
-from mnistops.evaluate import rotate
 from mnistops.monitor.runner import MonitorRunner, attach_to_service
 from mnistops.service.app import create_app
 from mnistops.service.state import ServiceState
 from mnistops.settings import Settings
+from mnistops.training.data import Mnist, split_train_val
+from mnistops.training.evaluate import rotate
 
 pytestmark = pytest.mark.slow
 N_REF = 2000  # validation images in the profile; the next ones are clean held-out traffic

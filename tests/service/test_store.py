@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Connection, text
 
 from mnistops.errors import InputError, JobError, NotFoundError, StoreError
-from mnistops.monitor import schema
-from mnistops.monitor.store import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
+from mnistops.store import schema
+from mnistops.store.predictions import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
 
 
 def make_records(n: int, seed: int = 0, version: str = "1", t0: float = 1000.0) -> list[PredictionRecord]:

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from mnistops.errors import ConfigError, StoreError
-from mnistops.monitor.alerts import AlertEngine, AlertRule, load_alert_rules, parse_alert_rules
-from mnistops.monitor.notify import LogNotifier, Notification, WebhookNotifier
-from mnistops.monitor.records import AlertEvent
-from mnistops.monitor.store import PredictionStore
+from mnistops.monitor.alerts.engine import AlertEngine, AlertRule, load_alert_rules, parse_alert_rules
+from mnistops.monitor.alerts.notify import LogNotifier, Notification, WebhookNotifier
 from mnistops.settings import Settings
+from mnistops.store.predictions import PredictionStore
+from mnistops.store.records import AlertEvent
 
 
 class Recorder:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mnistops.augment import AugmentConfig, AugmentParams, apply_params, augment_batch, sample_params
+from mnistops.training.augment import AugmentConfig, AugmentParams, apply_params, augment_batch, sample_params
 
 
 def digits(n: int = 64) -> torch.Tensor:
@@ -84,7 +84,7 @@ def test_noise_augmentation_is_clipped() -> None:
 
 
 def test_broadcast_grid_matches_affine_grid() -> None:
-    from mnistops.augment import _affine_grid
+    from mnistops.training.augment import _affine_grid
 
     theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(3))
     ref = torch.nn.functional.affine_grid(theta, [16, 1, 28, 20], align_corners=False)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistops import data
 from mnistops.errors import ChecksumError, DataNotFoundError, IdxFormatError
+from mnistops.training import data
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:

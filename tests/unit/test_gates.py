@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnistops.data import Mnist
 from mnistops.errors import ConfigError
-from mnistops.evaluate import predict_embeddings, predict_logits
-from mnistops.gates import (
+from mnistops.gates.checks import (
     CHAMPION_CHECKS,
     CHECKS,
     GateContext,
@@ -28,8 +26,10 @@ from mnistops.gates import (
     run_gates,
     write_reports,
 )
-from mnistops.model import MnistNet, save_model
-from mnistops.train import export_onnx
+from mnistops.training.data import Mnist
+from mnistops.training.evaluate import predict_embeddings, predict_logits
+from mnistops.training.model import MnistNet, save_model
+from mnistops.training.train import export_onnx
 
 # thresholds a self-labelled random model can meet; the class-recall floor stays strict
 LENIENT = {"min_test_accuracy": 0.99, "min_noisy_accuracy": 0.0, "max_ece": 1.0, "min_class_recall": 0.97}

@@ -13,9 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnistops import data
 from mnistops.errors import InputError, ModelError, ModelNotFoundError
-from mnistops.model import MnistNet, ModelConfig, save_model
 from mnistops.service.inference import (
     MEAN,
     STD,
@@ -25,6 +23,8 @@ from mnistops.service.inference import (
     TorchClassifier,
     load_model_dir,
 )
+from mnistops.training import data
+from mnistops.training.model import MnistNet, ModelConfig, save_model
 
 SMALL = ModelConfig(c1=4, c2=8, c3=4, c4=8, c5=8, c6=8, c7=8)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mnistops.errors import ConfigError, LockTimeoutError
-from mnistops.lock import lock_path, locked
 from mnistops.settings import Settings
+from mnistops.store.lock import lock_path, locked
 
 ROUNDS = 20
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistops.augment import AugmentConfig
-from mnistops.data import Split
 from mnistops.errors import ModelError, ModelNotFoundError
-from mnistops.model import MnistNet, ModelConfig, count_params, load_model, save_model, whiten_stem_
-from mnistops.train import TrainConfig, fit
+from mnistops.training.augment import AugmentConfig
+from mnistops.training.data import Split
+from mnistops.training.model import MnistNet, ModelConfig, count_params, load_model, save_model, whiten_stem_
+from mnistops.training.train import TrainConfig, fit
 
 
 def test_parameter_budget() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from mnistops.monitor.alerts import AlertEngine, AlertRule
-from mnistops.monitor.notify import LogNotifier, Notification, WebhookNotifier, webhook_payload
-from mnistops.monitor.store import PredictionStore
+from mnistops.monitor.alerts.engine import AlertEngine, AlertRule
+from mnistops.monitor.alerts.notify import LogNotifier, Notification, WebhookNotifier, webhook_payload
+from mnistops.store.predictions import PredictionStore
 
 
 class Receiver:
@@ -158,7 +158,7 @@ def test_queue_full_drops_oldest(receivers: list[Receiver], caplog: pytest.LogCa
     hook = WebhookNotifier([r.url], timeout=30, max_retries=0, queue_size=2)
     hook.notify([note(1)])
     assert r.entered.wait(30)  # window 1 is in flight, the queue is empty
-    with caplog.at_level(logging.WARNING, logger="mnistops.monitor.notify"):
+    with caplog.at_level(logging.WARNING, logger="mnistops.monitor.alerts.notify"):
         for w in (2, 3, 4):
             hook.notify([note(w)])
     assert hook.pending == 2 and hook.stats()["dropped"] == 1

@@ -7,8 +7,8 @@ import gc
 import pytest
 import torch
 
-from mnistops.model import MnistNet
-from mnistops.optim import Bf16Weights, Ema, NesterovSGD, Packed, no_gc, one_cycle
+from mnistops.training.model import MnistNet
+from mnistops.training.optim import Bf16Weights, Ema, NesterovSGD, Packed, no_gc, one_cycle
 
 
 @pytest.mark.parametrize(("total", "pct"), [(860, 0.2), (123, 0.3), (10, 0.5)])

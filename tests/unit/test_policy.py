@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from mnistops.policy import (
+from mnistops.controller.policy import (
     PromotionWatch,
     RetrainPolicy,
     ShadowVerdict,
     mcnemar,
 )
-from mnistops.retrain_steps import decide_production_gate
+from mnistops.worker.steps import decide_production_gate
 
 
 @dataclass

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from mnistops.data import Mnist
 from mnistops.errors import ModelNotFoundError, PromotionRefusedError, RegistryError, RollbackError
-from mnistops.evaluate import predict_embeddings, predict_logits
-from mnistops.gates import load_gate_config
-from mnistops.model import MnistNet, save_model
-from mnistops.profile import load_profile
-from mnistops.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from mnistops.gates.checks import load_gate_config
+from mnistops.registry.core import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from mnistops.registry.profile import load_profile
+from mnistops.registry.tracking import setup_tracking
 from mnistops.settings import Settings
-from mnistops.tracking import setup_tracking
-from mnistops.train import export_onnx
+from mnistops.training.data import Mnist
+from mnistops.training.evaluate import predict_embeddings, predict_logits
+from mnistops.training.model import MnistNet, save_model
+from mnistops.training.train import export_onnx
 
 LENIENT = {"min_noisy_accuracy": 0.0, "max_ece": 1.0}
 

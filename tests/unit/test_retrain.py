@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from mnistops import retrain
-from mnistops.data import Mnist, Split
 from mnistops.errors import JobError
-from mnistops.gates_report import CheckResult, GateReport
-from mnistops.lock import locked
-from mnistops.model import MnistNet, ModelConfig, save_model
-from mnistops.monitor.store import PredictionRecord, PredictionStore
-from mnistops.retrain import (
+from mnistops.gates.report import CheckResult, GateReport
+from mnistops.settings import Settings
+from mnistops.store.lock import locked
+from mnistops.store.predictions import PredictionRecord, PredictionStore
+from mnistops.training.data import Mnist, Split
+from mnistops.training.model import MnistNet, ModelConfig, save_model
+from mnistops.worker import jobs as retrain
+from mnistops.worker.jobs import (
     FINETUNE_MAX_LR,
     ProductionGateResult,
     RetrainJobRunner,
@@ -29,8 +30,7 @@ from mnistops.retrain import (
     mix_training_set,
     production_gate,
 )
-from mnistops.retrain_steps import clean_accuracies
-from mnistops.settings import Settings
+from mnistops.worker.steps import clean_accuracies
 
 TINY = ModelConfig(c1=2, c2=2, c3=2, c4=2, c5=2, c6=2, c7=4)
 
@@ -132,7 +132,7 @@ def _runner(
     **settings: Any,
 ) -> RetrainJobRunner:
     s = Settings(home=tmp_path / "home", retrain_production_share=0.3, **settings)
-    fake: Any = reg  # duck-typed stand-in for mnistops.registry.Registry
+    fake: Any = reg  # duck-typed stand-in for mnistops.registry.core.Registry
     return RetrainJobRunner(s, store, fake, mnist=mnist, train_fn=trainer, epoch_size=100, min_holdout=5)
 
 

@@ -11,17 +11,17 @@ import torch
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from mnistops.data import Mnist, normalize, split_train_val
 from mnistops.errors import ModelNotFoundError, NotFoundError
-from mnistops.evaluate import predict_logits, rotate
-from mnistops.model import MnistNet, save_model
-from mnistops.monitor.alerts import AlertEngine, AlertRule, load_alert_rules
+from mnistops.monitor.alerts.engine import AlertEngine, AlertRule, load_alert_rules
 from mnistops.monitor.metrics import MonitorMetrics
-from mnistops.monitor.records import AlertEvent, PredictionRecord, PredictionWindow, ServedBy
 from mnistops.monitor.runner import MonitorRunner, WindowReport, render_check
-from mnistops.monitor.store import PredictionStore
-from mnistops.profile import build_profile
+from mnistops.registry.profile import build_profile
 from mnistops.settings import Settings
+from mnistops.store.predictions import PredictionStore
+from mnistops.store.records import AlertEvent, PredictionRecord, PredictionWindow, ServedBy
+from mnistops.training.data import Mnist, normalize, split_train_val
+from mnistops.training.evaluate import predict_logits, rotate
+from mnistops.training.model import MnistNet, save_model
 
 N_REF = 1000  # validation images in the reference profile; the rest is clean held-out traffic
 Split4 = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -128,7 +128,7 @@ def log_rows(
     dt: float = 0.01,
 ) -> list[PredictionRecord]:
     """Log predictions as the service would (probs from the model itself)."""
-    from mnistops.model import load_model
+    from mnistops.training.model import load_model
 
     probs = torch.softmax(predict_logits(load_model(model_dir), images), dim=1).numpy()
     t0 = time.time() if ts0 is None else ts0

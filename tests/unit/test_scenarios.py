@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnistops.errors import DataError
-from mnistops.scenarios import (
+from mnistops.demo.scenarios import (
     SCENARIOS,
     Scenario,
     foreign,
@@ -19,6 +18,7 @@ from mnistops.scenarios import (
     translate,
     zoom,
 )
+from mnistops.errors import DataError
 
 
 def blob(row: int, col: int, n: int = 8, half: int = 2) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from mnistops.monitor.concept import ErrorStreamMonitor, windowed_metrics
 from mnistops.monitor.drift.combine import MonitorReport
 from mnistops.monitor.performance import Estimate, RealizedMetrics, realized_metrics
-from mnistops.monitor.records import AlertEvent, MonitorWindow, PredictionWindow
+from mnistops.store.records import AlertEvent, MonitorWindow, PredictionWindow
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnistops.errors import DriftInputError, ModelNotFoundError, NotFoundError
-from mnistops.monitor.alerts import AlertEngine
+from mnistops.monitor.alerts.engine import AlertEngine
 from mnistops.monitor.drift.combine import DEFAULT_DETECTORS
 from mnistops.monitor.metrics import MonitorMetrics
-from mnistops.monitor.records import AlertEvent, MonitorWindow
 from mnistops.monitor.reports import (
     CheckReport,
     ConceptReport,
@@ -41,11 +40,12 @@ from mnistops.monitor.windows import (
     take_rows,
     version_runs,
 )
+from mnistops.store.records import AlertEvent, MonitorWindow
 
 if TYPE_CHECKING:
-    from mnistops.monitor.store import PredictionStore
     from mnistops.service.state import ServiceState
     from mnistops.settings import Settings
+    from mnistops.store.predictions import PredictionStore
 
 __all__ = [
     "CheckReport",
@@ -386,7 +386,7 @@ def attach_to_service(state: ServiceState) -> MonitorRunner:
     """
     registry = state.registry_ops
     if registry is None or not hasattr(registry, "download_profile"):
-        from mnistops.registry import Registry
+        from mnistops.registry.core import Registry
 
         registry = Registry(state.settings)
     runner = MonitorRunner(

@@ -23,14 +23,14 @@ import torch
 from numpy.typing import NDArray
 
 from mnistops.errors import DriftConfigError
-from mnistops.evaluate import predict_embeddings
-from mnistops.model import MnistNet, load_model
 from mnistops.monitor.drift.base import Sample
 from mnistops.monitor.drift.combine import Monitor, MonitorReport
 from mnistops.monitor.drift.ood import OODRateDetector
 from mnistops.monitor.performance import Estimate, calibrated_probs, estimate_accuracy
-from mnistops.monitor.records import PredictionWindow
-from mnistops.profile import ReferenceProfile
+from mnistops.registry.profile import ReferenceProfile
+from mnistops.store.records import PredictionWindow
+from mnistops.training.evaluate import predict_embeddings
+from mnistops.training.model import MnistNet, load_model
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ WindowKind = Literal["count", "time"]
 
 
 class ModelSource(Protocol):
-    """The part of :class:`~mnistops.registry.Registry` the monitor needs."""
+    """The part of :class:`~mnistops.registry.core.Registry` the monitor needs."""
 
     def download(self, version: str) -> Path: ...
 

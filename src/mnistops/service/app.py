@@ -99,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def default_resolver(settings: Settings) -> tuple[Resolver, Any]:
     """Follow the registry's ``champion`` alias (one registry call per poll)."""
-    from mnistops.registry import Registry
+    from mnistops.registry.core import Registry
 
     reg = Registry(settings)
     return (lambda: reg.resolve_alias("champion")), reg
@@ -145,8 +145,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from mnistops.monitor.logger import PredictionLogger
-        from mnistops.monitor.store import PredictionStore
+        from mnistops.service.logger import PredictionLogger
+        from mnistops.store.predictions import PredictionStore
 
         settings.ensure_dirs()
         res, reg = resolver, registry_ops
@@ -189,7 +189,7 @@ def create_app(
         if on_start is not None:
             on_start(state)
         elif settings.loop_in_serve:
-            from mnistops.loop import attach_loop
+            from mnistops.controller.loop import attach_loop
 
             attach_loop(state)
         elif settings.monitor_in_serve:

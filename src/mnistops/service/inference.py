@@ -115,7 +115,7 @@ class OnnxClassifier:
 
 
 class TorchClassifier:
-    """``model.pt`` through :func:`mnistops.model.load_model` (fallback backend)."""
+    """``model.pt`` through :func:`mnistops.training.model.load_model` (fallback backend)."""
 
     backend = "torch"
 
@@ -129,7 +129,9 @@ class TorchClassifier:
             ModelNotFoundError: No weights there.
             ModelError: The checkpoint does not load.
         """
-        from mnistops.model import load_model  # lazy: torch is only imported when this backend is used
+        from mnistops.training.model import (
+            load_model,  # lazy: torch is only imported when this backend is used
+        )
 
         self.model = load_model(Path(path))
         self.path = Path(path)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistops.monitor.records import ShadowRecord
 from mnistops.service.inference import LoadedModel, load_model_dir
+from mnistops.store.records import ShadowRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from mnistops.service.metrics import ServiceMetrics
 from mnistops.settings import Settings
 
 if TYPE_CHECKING:
-    from mnistops.monitor.logger import PredictionLogger
-    from mnistops.monitor.store import PredictionStore
+    from mnistops.service.logger import PredictionLogger
     from mnistops.service.shadow import ShadowRunner
+    from mnistops.store.predictions import PredictionStore
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ async def retrain(body: RetrainIn, state: StateDep, actor: AdminDep) -> RetrainO
     reg = _registry(state)
     jobs = state.loop.jobs if state.loop is not None else None
     if jobs is None:
-        from mnistops.retrain import RetrainJobRunner
+        from mnistops.worker.jobs import RetrainJobRunner
 
         epoch = state.settings.retrain_epoch_size
         jobs = RetrainJobRunner(state.settings, state.store, reg, epoch_size=epoch)

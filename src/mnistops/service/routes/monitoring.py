@@ -143,7 +143,7 @@ def _reference_freq(state: ServiceState, version: str) -> list[float]:
         reg = state.registry_ops
         if reg is not None and hasattr(reg, "download_profile"):
             try:
-                from mnistops.profile import ReferenceProfile
+                from mnistops.registry.profile import ReferenceProfile
 
                 freq = [float(x) for x in ReferenceProfile.load(reg.download_profile(version)).class_freq]
             except Exception:  # no profile for this version: uniform prior

@@ -10,7 +10,6 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from mnistops.errors import BatchSizeError, InputError, InvalidImageError, PayloadTooLargeError
-from mnistops.monitor.records import PredictionRecord
 from mnistops.service import preprocess
 from mnistops.service.deps import StateDep, get_state
 from mnistops.service.schemas import (
@@ -23,6 +22,7 @@ from mnistops.service.schemas import (
     PredictionOut,
 )
 from mnistops.service.state import ServiceState
+from mnistops.store.records import PredictionRecord
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 

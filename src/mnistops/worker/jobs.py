@@ -6,7 +6,7 @@ active job instead of queueing a second one, and a job only runs while holding t
 ``retrain`` lock. "succeeded" means the job ran to completion; whether its model became the
 challenger is ``details["challenger"]`` (with the registry and production gate results that decided
 it). The steps themselves (hold-out slice, data mixing, recipe, production gate) are in
-:mod:`mnistops.retrain_steps`.
+:mod:`mnistops.worker.steps`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnistops.errors import JobError, LockTimeoutError
-from mnistops.lock import locked
-from mnistops.registry import CHAMPION
-from mnistops.retrain_steps import (
+from mnistops.registry.core import CHAMPION
+from mnistops.store.lock import locked
+from mnistops.worker.steps import (
     FINETUNE_MAX_LR,
     FINETUNE_PCT_START,
     HOLDOUT_EVERY,
@@ -37,11 +37,11 @@ from mnistops.retrain_steps import (
 )
 
 if TYPE_CHECKING:
-    from mnistops.data import Mnist
-    from mnistops.monitor.store import PredictionStore, RetrainJob
-    from mnistops.registry import Registry
+    from mnistops.registry.core import Registry
     from mnistops.settings import Settings
-    from mnistops.train import TrainResult
+    from mnistops.store.predictions import PredictionStore, RetrainJob
+    from mnistops.training.data import Mnist
+    from mnistops.training.train import TrainResult
 
 __all__ = [
     "FINETUNE_MAX_LR",
@@ -62,7 +62,7 @@ TrainFn = Callable[..., "TrainResult"]
 
 
 def _run_training() -> TrainFn:
-    from mnistops.train import run_training
+    from mnistops.training.train import run_training
 
     return run_training
 
@@ -94,7 +94,7 @@ class RetrainJobRunner:
         store: the prediction store (labelled production inputs and the job table).
         registry: where the new version is registered, gated and made challenger.
         mnist: preloaded dataset (loaded from the data dir otherwise).
-        train_fn: training entry point with the signature of :func:`mnistops.train.run_training`.
+        train_fn: training entry point with the signature of :func:`mnistops.training.train.run_training`.
         epoch_size: images per training epoch; default the 55k training split.
         holdout_every: one in this many labelled production rows is held out.
         alpha: significance level of the production gate.
@@ -248,7 +248,7 @@ class RetrainJobRunner:
 
     def _load_mnist(self) -> Mnist:
         if self._mnist is None:
-            from mnistops.data import load_mnist
+            from mnistops.training.data import load_mnist
 
             self._mnist = load_mnist(self.settings.data_path)
         return self._mnist
@@ -260,7 +260,7 @@ class RetrainJobRunner:
     def _run(self, job: RetrainJob, note: Callable[..., None]) -> dict[str, Any]:
         import torch
 
-        from mnistops.data import Split, split_train_val
+        from mnistops.training.data import Split, split_train_val
 
         timings: dict[str, float] = {}
         t = time.monotonic()

@@ -4,8 +4,8 @@ Every version of ``settings.model_name`` is a pyfunc MLflow model (ONNX inside, 
 input example, explicit pip requirements) logged into its training run under ``mlflow_model/``,
 with the ONNX file, ``model.pt``, ``metrics.json`` and ``config.json`` as its artifacts and the
 reference profile under ``reference_profile/``. Provenance lives in version tags. Registration
-is in :mod:`mnistops.registry_register`; gating, promotion, rollback and the audit history in
-:mod:`mnistops.registry_promote`; both are exposed as :class:`Registry` methods. Nothing touches
+is in :mod:`mnistops.registry.register`; gating, promotion, rollback and the audit history in
+:mod:`mnistops.registry.promote`; both are exposed as :class:`Registry` methods. Nothing touches
 MLflow until a method is called.
 """
 
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from mnistops.audit import AuditEvent
-    from mnistops.data import Mnist
-    from mnistops.gates import GateConfig, GateReport
+    from mnistops.gates.checks import GateConfig, GateReport
+    from mnistops.store.audit import AuditEvent
+    from mnistops.training.data import Mnist
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def configure(settings: Settings) -> MlflowClient:
 
     Called explicitly by commands, never on import. Creates the experiment if missing.
     """
-    from mnistops.tracking import client, setup_tracking
+    from mnistops.registry.tracking import client, setup_tracking
 
     setup_tracking(settings)
     return client(settings)
@@ -84,7 +84,7 @@ class Registry:
     def client(self) -> MlflowClient:
         """Lazily created client bound to the store (no global state)."""
         if self._client is None:
-            from mnistops.tracking import client
+            from mnistops.registry.tracking import client
 
             self.settings.data_path.mkdir(parents=True, exist_ok=True)  # the sqlite file's folder
             self._client = client(self.settings)
@@ -94,8 +94,8 @@ class Registry:
     def register(
         self, model_dir: Path, run_id: str | None = None, mnist: Mnist | None = None, profile: bool = True
     ) -> str:
-        """Register a trained folder, idempotent per run (see :func:`mnistops.registry_register.register`)."""
-        from mnistops.registry_register import register
+        """Register a trained folder, idempotent per run (see :func:`mnistops.registry.register.register`)."""
+        from mnistops.registry.register import register
 
         return register(self, model_dir, run_id=run_id, mnist=mnist, profile=profile)
 
@@ -229,34 +229,34 @@ class Registry:
 
     # --- promotion (implemented in registry_promote) ---------------------------------------
     def set_challenger(self, version: str) -> None:
-        """Point ``challenger`` at ``version`` (see :func:`mnistops.registry_promote.set_challenger`)."""
-        from mnistops.registry_promote import set_challenger
+        """Point ``challenger`` at ``version`` (see :func:`mnistops.registry.promote.set_challenger`)."""
+        from mnistops.registry.promote import set_challenger
 
         set_challenger(self, version)
 
     def promote(
         self, version: str, actor: str | None = None, reason: str = "", force: bool = False
     ) -> AuditEvent:
-        """Make ``version`` champion (see :func:`mnistops.registry_promote.promote`)."""
-        from mnistops.registry_promote import promote
+        """Make ``version`` champion (see :func:`mnistops.registry.promote.promote`)."""
+        from mnistops.registry.promote import promote
 
         return promote(self, version, actor=actor, reason=reason, force=force)
 
     def rollback(self, actor: str | None = None, reason: str = "", auto: bool = False) -> tuple[str, str]:
-        """Restore the previous champion (see :func:`mnistops.registry_promote.rollback`)."""
-        from mnistops.registry_promote import rollback
+        """Restore the previous champion (see :func:`mnistops.registry.promote.rollback`)."""
+        from mnistops.registry.promote import rollback
 
         return rollback(self, actor=actor, reason=reason, auto=auto)
 
     def history(self, limit: int | None = None) -> list[AuditEvent]:
         """Promotion/rollback events, oldest first."""
-        from mnistops import audit
+        from mnistops.store import audit
 
         return audit.history(self.settings.database, self.name, limit)
 
     def gate(self, version: str, mnist: Mnist | None = None, config: GateConfig | None = None) -> GateReport:
-        """Gate a version against the champion (see :func:`mnistops.registry_promote.gate_version`)."""
-        from mnistops.registry_promote import gate_version
+        """Gate a version against the champion (see :func:`mnistops.registry.promote.gate_version`)."""
+        from mnistops.registry.promote import gate_version
 
         return gate_version(self, version, mnist=mnist, config=config)
 

@@ -25,9 +25,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from mnistops.errors import ConfigError, StoreError
-from mnistops.monitor.events import alert_fingerprint
-from mnistops.monitor.notify import LogNotifier, Notification, Notifier, WebhookNotifier
-from mnistops.monitor.records import AlertEvent
+from mnistops.monitor.alerts.notify import LogNotifier, Notification, Notifier, WebhookNotifier
+from mnistops.store.events import alert_fingerprint
+from mnistops.store.records import AlertEvent
 
 if TYPE_CHECKING:
     from mnistops.settings import Settings
@@ -163,7 +163,7 @@ def load_alert_rules(path: Path | str | None = None) -> list[AlertRule]:
     """
     if path is None:
         text, origin = (
-            (resources.files("mnistops.monitor") / "alerts.yaml").read_text(),
+            (resources.files("mnistops.monitor.alerts") / "alerts.yaml").read_text(),
             "packaged alerts.yaml",
         )
     else:
@@ -181,7 +181,7 @@ def load_alert_rules(path: Path | str | None = None) -> list[AlertRule]:
 
 
 class AlertStore(Protocol):
-    """The part of :class:`~mnistops.monitor.store.PredictionStore` the engine uses."""
+    """The part of :class:`~mnistops.store.predictions.PredictionStore` the engine uses."""
 
     def open_alert(
         self,

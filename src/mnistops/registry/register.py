@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnistops.errors import ModelNotFoundError, RegistryError
-from mnistops.lock import locked
-from mnistops.registry import MODEL_PATH, PROFILE_PATH, REQUIRED_FILES, Registry
-from mnistops.tracking import setup_tracking
+from mnistops.registry.core import MODEL_PATH, PROFILE_PATH, REQUIRED_FILES, Registry
+from mnistops.registry.tracking import setup_tracking
+from mnistops.store.lock import locked
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-    from mnistops.data import Mnist
+    from mnistops.training.data import Mnist
 
 log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -145,7 +145,7 @@ def _create_version(reg: Registry, model_dir: Path, run_id: str, metrics: dict[s
     import numpy as np
     from mlflow.exceptions import MlflowException
 
-    from mnistops import registry_pyfunc as rp
+    from mnistops.registry import pyfunc as rp
 
     cl = reg.client
     try:
@@ -192,9 +192,9 @@ def _create_version(reg: Registry, model_dir: Path, run_id: str, metrics: dict[s
 
 
 def _log_profile(reg: Registry, version: str, model_dir: Path, run_id: str, mnist: Mnist | None) -> None:
-    from mnistops.data import load_mnist, split_train_val
-    from mnistops.model import load_model
-    from mnistops.profile import build_profile
+    from mnistops.registry.profile import build_profile
+    from mnistops.training.data import load_mnist, split_train_val
+    from mnistops.training.model import load_model
 
     split = split_train_val(mnist or load_mnist(reg.settings.data_path))
     prof = build_profile(load_model(model_dir), split.val_x, split.val_y, version=version)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistops.demo_stream import Served
+from mnistops.demo.stream import Served
 from mnistops.service.routes.ops import static_dir
 
 TEMPLATE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -48,7 +48,7 @@ def _rolling(served: list[Served], k: int = 100) -> list[dict[str, float]]:
 
 
 def write_report(result: Any, served: list[Served], path: Path) -> Path:
-    """Write the HTML report of a :class:`mnistops.demo.DemoResult`."""
+    """Write the HTML report of a :class:`mnistops.demo.run.DemoResult`."""
     chartjs = (static_dir() / "vendor" / "chart.umd.min.js").read_text()
     timeline = result.timeline
     t0 = timeline[0]["ts"] if timeline else 0.0

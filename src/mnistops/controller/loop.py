@@ -15,14 +15,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mnistops.policy import PromotionWatch, RetrainPolicy, ShadowVerdict
+from mnistops.controller.policy import PromotionWatch, RetrainPolicy, ShadowVerdict
 
 if TYPE_CHECKING:
-    from mnistops.monitor.records import AlertEvent
     from mnistops.monitor.reports import WindowReport
     from mnistops.monitor.runner import MonitorRunner
-    from mnistops.retrain import RetrainJobRunner
     from mnistops.service.state import ServiceState
+    from mnistops.store.records import AlertEvent
+    from mnistops.worker.jobs import RetrainJobRunner
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class ClosedLoop:
 def attach_loop(state: ServiceState) -> ClosedLoop:
     """Run monitor + closed loop inside the service (``create_app(on_start=attach_loop)``)."""
     from mnistops.monitor.runner import attach_to_service
-    from mnistops.retrain import RetrainJobRunner
+    from mnistops.worker.jobs import RetrainJobRunner
 
     runner = attach_to_service(state)
     reg = state.registry_ops

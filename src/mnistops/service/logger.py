@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from mnistops.errors import NotFoundError, StoreError
-from mnistops.monitor.records import PredictionRecord, ShadowRecord
-from mnistops.monitor.spill import Item, SpillFile
+from mnistops.service.spill import Item, SpillFile
+from mnistops.store.records import PredictionRecord, ShadowRecord
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistops.augment import AugmentConfig, AugmentParams, apply_params
-from mnistops.data import Mnist, normalize
-from mnistops.model import MnistNet, count_params, load_model
+from mnistops.training.augment import AugmentConfig, AugmentParams, apply_params
+from mnistops.training.data import Mnist, normalize
+from mnistops.training.model import MnistNet, count_params, load_model
 
 
 @torch.inference_mode()

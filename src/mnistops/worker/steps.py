@@ -3,7 +3,7 @@
 Labelled production rows are split deterministically by a hash of the prediction id: one in
 :data:`HOLDOUT_EVERY` is the held-out evaluation slice of the production gate and is never trained
 on, so the slice stays the same rows as feedback accumulates, in any store. The job runner that
-strings these steps together is :mod:`mnistops.retrain`.
+strings these steps together is :mod:`mnistops.worker.jobs`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnistops.controller.policy import mcnemar
 from mnistops.errors import JobError
-from mnistops.policy import mcnemar
 
 if TYPE_CHECKING:
     import torch
 
-    from mnistops.data import Mnist
-    from mnistops.model import MnistNet
-    from mnistops.train import TrainConfig
+    from mnistops.training.data import Mnist
+    from mnistops.training.model import MnistNet
+    from mnistops.training.train import TrainConfig
 
 __all__ = [
     "FINETUNE_MAX_LR",
@@ -179,8 +179,8 @@ def retrain_config(
     ``max_lr``/``pct_start`` apply to fine-tuning only. Without a champion, ``finetune`` falls back to
     training from scratch with the default recipe.
     """
-    from mnistops.model import load_model
-    from mnistops.train import TrainConfig
+    from mnistops.training.model import load_model
+    from mnistops.training.train import TrainConfig
 
     if champion_dir is None:
         return TrainConfig(seed=seed), None
@@ -223,8 +223,8 @@ def production_gate(
     """
     import torch
 
-    from mnistops.evaluate import accuracy, predict_logits
-    from mnistops.model import load_model
+    from mnistops.training.evaluate import accuracy, predict_logits
+    from mnistops.training.model import load_model
 
     x = torch.as_tensor(np.asarray(images, dtype=np.uint8))
     y = np.asarray(labels, dtype=np.int64)

@@ -13,14 +13,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnistops import audit
 from mnistops.errors import PromotionRefusedError, RollbackError, StoreError
-from mnistops.lock import locked
-from mnistops.registry import CHALLENGER, CHAMPION, GATE_PATH, PREVIOUS, Registry
+from mnistops.registry.core import CHALLENGER, CHAMPION, GATE_PATH, PREVIOUS, Registry
+from mnistops.store import audit
+from mnistops.store.lock import locked
 
 if TYPE_CHECKING:
-    from mnistops.data import Mnist
-    from mnistops.gates import GateConfig, GateReport
+    from mnistops.gates.checks import GateConfig, GateReport
+    from mnistops.training.data import Mnist
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,8 @@ def gate_version(
     logs them to the version's run under ``gate/`` and tags the version ``gate_passed`` and
     ``gate_failed_checks``. Does not raise on failure: the caller decides the exit code.
     """
-    from mnistops.data import load_mnist
-    from mnistops.gates import load_gate_config, run_gates, write_reports
+    from mnistops.gates.checks import load_gate_config, run_gates, write_reports
+    from mnistops.training.data import load_mnist
 
     version = str(version)
     cand_dir = reg.download(version)

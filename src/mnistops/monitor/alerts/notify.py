@@ -1,6 +1,6 @@
 """Alert notifiers: a log notifier and a non-blocking webhook notifier (Alertmanager-like JSON).
 
-The :class:`~mnistops.monitor.alerts.AlertEngine` hands each notifier the alert transitions of
+The :class:`~mnistops.monitor.alerts.engine.AlertEngine` hands each notifier the alert transitions of
 one window (``notify(notifications)``). A notifier must never block or raise into the monitor:
 :class:`WebhookNotifier` only appends to a bounded in-memory queue; one background thread per URL
 POSTs, retrying connection errors and 5xx answers with exponential backoff.

@@ -17,7 +17,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Schema, TensorSpec
 
-from mnistops.data import MEAN, STD
+from mnistops.training.data import MEAN, STD
 
 ARTIFACTS = ("model.onnx", "model.pt", "metrics.json", "config.json")
 
@@ -39,7 +39,7 @@ class OnnxDigitClassifier(PythonModel):
         x = np.asarray(model_input, dtype=np.float32)
         if x.ndim == 3:
             x = x[:, None]
-        x = (x / 255.0 - MEAN) / STD  # the training normalisation (mnistops.data.normalize)
+        x = (x / 255.0 - MEAN) / STD  # the training normalisation (mnistops.training.data.normalize)
         out: np.ndarray = self._sess.run(["logits"], {"image": x.astype(np.float32)})[0]
         return out
 

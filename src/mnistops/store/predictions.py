@@ -16,8 +16,8 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mnistops.errors import InputError, NotFoundError
-from mnistops.monitor.events import EventStore, alert_fingerprint
-from mnistops.monitor.records import (
+from mnistops.store.events import EventStore, alert_fingerprint
+from mnistops.store.records import (
     N_CLASSES,
     AlertEvent,
     MonitorWindow,
@@ -27,7 +27,7 @@ from mnistops.monitor.records import (
     ShadowPairs,
     ShadowRecord,
 )
-from mnistops.monitor.schema import predictions, shadow_predictions
+from mnistops.store.schema import predictions, shadow_predictions
 
 __all__ = [
     "AlertEvent",

@@ -18,12 +18,19 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from mnistops import hw
-from mnistops.augment import AugmentConfig, augment_batch, save_samples
-from mnistops.data import MEAN, STD, Mnist, Split, normalize, split_train_val
-from mnistops.evaluate import evaluate_model
-from mnistops.model import MnistNet, ModelConfig, count_params, model_config, save_model, whiten_stem_
-from mnistops.optim import Bf16Weights, Ema, NesterovSGD, Packed, no_gc, one_cycle
+from mnistops.training import hw
+from mnistops.training.augment import AugmentConfig, augment_batch, save_samples
+from mnistops.training.data import MEAN, STD, Mnist, Split, normalize, split_train_val
+from mnistops.training.evaluate import evaluate_model
+from mnistops.training.model import (
+    MnistNet,
+    ModelConfig,
+    count_params,
+    model_config,
+    save_model,
+    whiten_stem_,
+)
+from mnistops.training.optim import Bf16Weights, Ema, NesterovSGD, Packed, no_gc, one_cycle
 
 WHITEN_IMAGES = 5000  # images whose patches set the stem's whitening filters (~1M patches)
 
@@ -231,7 +238,7 @@ def run_training(
         progress: show the progress bar.
         tags: extra MLflow run tags (e.g. the retrain job id).
     """
-    from mnistops.data import load_mnist
+    from mnistops.training.data import load_mnist
 
     mnist = mnist or load_mnist(settings.data_path)
     split = split or split_train_val(mnist)
@@ -276,7 +283,7 @@ def _track(
     import mlflow
     from mlflow.entities import Metric
 
-    from mnistops.tracking import client, setup_tracking
+    from mnistops.registry.tracking import client, setup_tracking
 
     exp_id = setup_tracking(settings)
     cl = client(settings)

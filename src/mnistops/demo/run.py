@@ -31,10 +31,10 @@ import httpx
 import numpy as np
 from rich.console import Console
 
-from mnistops.data import Mnist, load_mnist
-from mnistops.demo_stream import Served, StreamClient, accuracy
-from mnistops.scenarios import DEMO_SHIFT
+from mnistops.demo.scenarios import DEMO_SHIFT
+from mnistops.demo.stream import Served, StreamClient, accuracy
 from mnistops.settings import Settings
+from mnistops.training.data import Mnist, load_mnist
 
 console = Console()
 
@@ -82,8 +82,8 @@ def train_and_promote(settings: Settings, mnist: Mnist, seed: int = 0) -> tuple[
         (model folder, registered version, promoted?)
     """
     from mnistops.cli import _print_metrics, print_models
-    from mnistops.registry import Registry, configure
-    from mnistops.train import TrainConfig, run_training
+    from mnistops.registry.core import Registry, configure
+    from mnistops.training.train import TrainConfig, run_training
 
     settings.ensure_dirs()
     res = run_training(TrainConfig(seed=seed), settings, mnist=mnist)
@@ -136,7 +136,7 @@ def loop_settings(base: Settings, home: Path, port: int, cfg: LoopDemoConfig) ->
 
 
 def _seed_loop_registry(env: dict[str, str], model_dir: Path, mnist: Mnist) -> str:
-    from mnistops.registry import Registry, configure
+    from mnistops.registry.core import Registry, configure
 
     s = Settings(**{k.removeprefix("MNISTOPS_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
     s.ensure_dirs()
@@ -204,8 +204,8 @@ def make_broken(model_dir: Path, out: Path, classes: tuple[int, ...] = (3, 5, 8)
     """A copy of a model whose logits for ``classes`` are suppressed (a deliberately bad release)."""
     import torch
 
-    from mnistops.model import load_model, save_model
-    from mnistops.train import export_onnx
+    from mnistops.training.model import load_model, save_model
+    from mnistops.training.train import export_onnx
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -234,7 +234,7 @@ def run_loop_demo(
     cfg: LoopDemoConfig = LoopDemoConfig(),
 ) -> tuple[DemoResult, StreamClient, subprocess.Popen[bytes]]:
     """Phases 1-3 against a background service; returns the result, the client and the process."""
-    from mnistops.registry import Registry, configure
+    from mnistops.registry.core import Registry, configure
 
     t_start = time.time()
     home = (settings.home / "demo-loop").resolve()
@@ -368,8 +368,8 @@ def run_demo(
     settings: Settings, serve: bool = True, report_path: Path = Path("demo_report.html")
 ) -> DemoResult:
     """Both parts; keeps the service up when ``serve`` (Ctrl+C stops it)."""
-    from mnistops.data import fetch
-    from mnistops.demo_report import write_report
+    from mnistops.demo.report import write_report
+    from mnistops.training.data import fetch
 
     t0 = time.time()
     fetch(settings.data_path)

@@ -19,7 +19,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from mnistops.monitor.records import PredictionRecord, ShadowRecord
+from mnistops.store.records import PredictionRecord, ShadowRecord
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import torch
 from mnistops.errors import ModelError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from mnistops.model import MnistNet
     from mnistops.settings import Settings
+    from mnistops.training.model import MnistNet
 
 CONF_EDGES = np.linspace(0.0, 1.0, 21)  # 20 confidence bins of width 0.05
 FORMAT_VERSION = 1
@@ -127,9 +127,9 @@ def build_profile(
         val_y: int64 [N] labels.
         version: registry version the profile belongs to.
     """
-    from mnistops.evaluate import predict_embeddings
     from mnistops.monitor.features import image_stats
     from mnistops.monitor.performance import calibrated_probs, fit_temperature
+    from mnistops.training.evaluate import predict_embeddings
 
     logits_t, emb_t = predict_embeddings(model.eval(), val_x)
     logits = logits_t.numpy().astype(np.float32)
@@ -165,6 +165,6 @@ def load_profile(version: str, settings: Settings) -> ReferenceProfile:
     Raises:
         ModelNotFoundError: unknown version or no profile logged for it.
     """
-    from mnistops.registry import Registry
+    from mnistops.registry.core import Registry
 
     return ReferenceProfile.load(Registry(settings).download_profile(version))

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from mnistops.errors import ConfigError, StoreError
-from mnistops.monitor import schema
+from mnistops.store import schema
 
 _WRITE_OPTION = "mnistops_write"
 _PG_MIGRATION_LOCK = 0x6D6E6973  # advisory lock key: serializes concurrent migrations on one server

@@ -23,10 +23,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mnistops.data import Mnist
 from mnistops.errors import ConfigError
-from mnistops.gates_report import CheckResult, GateReport, write_reports
-from mnistops.model import MnistNet, count_params, load_model
+from mnistops.gates.report import CheckResult, GateReport, write_reports
+from mnistops.training.data import Mnist
+from mnistops.training.model import MnistNet, count_params, load_model
 
 __all__ = [
     "CHAMPION_CHECKS",
@@ -79,7 +79,7 @@ def load_gate_config(path: Path | None = None, overrides: dict[str, Any] | None 
     Raises:
         ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
     """
-    values = _read_yaml((resources.files("mnistops") / "gates.yaml").read_text(), "packaged gates.yaml")
+    values = _read_yaml((resources.files("mnistops.gates") / "gates.yaml").read_text(), "packaged gates.yaml")
     origin = "gate overrides"
     if path is not None:
         if not path.is_file():
@@ -119,14 +119,14 @@ class GateContext:
     @cached_property
     def logits(self) -> np.ndarray:
         """Candidate logits [N,10] on the clean test set."""
-        from mnistops.evaluate import predict_logits
+        from mnistops.training.evaluate import predict_logits
 
         return predict_logits(self.model, self.mnist.test_images).numpy()
 
     @cached_property
     def noisy_logits(self) -> np.ndarray:
         """Candidate logits [N,10] on the noisy test set."""
-        from mnistops.evaluate import add_noise, predict_logits
+        from mnistops.training.evaluate import add_noise, predict_logits
 
         noisy = add_noise(self.mnist.test_images, self.config.noise_sigma, seed=self.config.noise_seed)
         return predict_logits(self.model, noisy).numpy()
@@ -134,9 +134,9 @@ class GateContext:
     @cached_property
     def temperature(self) -> float:
         """Temperature fitted on the validation split (the one the reference profile uses)."""
-        from mnistops.data import split_train_val
-        from mnistops.evaluate import predict_logits
         from mnistops.monitor.performance import fit_temperature
+        from mnistops.training.data import split_train_val
+        from mnistops.training.evaluate import predict_logits
 
         split = split_train_val(self.mnist)
         return fit_temperature(predict_logits(self.model, split.val_x).numpy(), split.val_y.numpy())
@@ -146,7 +146,7 @@ class GateContext:
         """Champion logits [N,10] on the same test images, or ``None`` without a champion."""
         if self.champion_dir is None:
             return None
-        from mnistops.evaluate import predict_logits
+        from mnistops.training.evaluate import predict_logits
 
         return predict_logits(load_model(self.champion_dir), self.mnist.test_images).numpy()
 
@@ -196,7 +196,7 @@ def check_class_recall(ctx: GateContext) -> CheckResult:
 
 def check_onnx_parity(ctx: GateContext) -> CheckResult:
     """ONNX Runtime and PyTorch logits agree on the first ``parity_images`` test images."""
-    from mnistops.evaluate import onnx_logits
+    from mnistops.training.evaluate import onnx_logits
 
     n = min(ctx.config.parity_images, len(ctx.labels))
     onnx = onnx_logits(ctx.candidate_dir / "model.onnx", ctx.mnist.test_images[:n])

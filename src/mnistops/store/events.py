@@ -11,9 +11,9 @@ from sqlalchemy import CursorResult, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mnistops.errors import JobError, NotFoundError, StoreError
-from mnistops.monitor.db import Database
-from mnistops.monitor.records import AlertEvent, JobState, MonitorWindow, RetrainJob
-from mnistops.monitor.schema import alert_events, monitor_windows, retrain_jobs
+from mnistops.store.engine import Database
+from mnistops.store.records import AlertEvent, JobState, MonitorWindow, RetrainJob
+from mnistops.store.schema import alert_events, monitor_windows, retrain_jobs
 
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed")
 # allowed job transitions; terminal states never change
