@@ -173,12 +173,13 @@ def test_retrain_jobs(store: PredictionStore) -> None:
 
 
 def test_migrations_idempotent_and_forward(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    v = schema.latest_version()
     s1 = PredictionStore(store_url)
-    assert s1.schema_version() == 1
+    assert s1.schema_version() == v
     s1.insert_many(make_records(2))
     s1.close()
     s2 = PredictionStore(store_url)  # reopen: nothing recreated, data kept
-    assert s2.schema_version() == 1 and s2.count() == 2
+    assert s2.schema_version() == v and s2.count() == 2
     s2.close()
 
     calls: list[int] = []
@@ -187,12 +188,12 @@ def test_migrations_idempotent_and_forward(store_url: str, monkeypatch: pytest.M
         calls.append(1)
         conn.execute(text("ALTER TABLE predictions ADD COLUMN note VARCHAR"))
 
-    monkeypatch.setattr(schema, "UPGRADES", [add_notes])
+    monkeypatch.setattr(schema, "UPGRADES", [*schema.UPGRADES, add_notes])
     s3 = PredictionStore(store_url)
-    assert s3.schema_version() == 2 and calls == [1] and s3.count() == 2
+    assert s3.schema_version() == v + 1 and calls == [1] and s3.count() == 2
     s3.close()
     s4 = PredictionStore(store_url)
-    assert s4.schema_version() == 2 and calls == [1]  # not re-run
+    assert s4.schema_version() == v + 1 and calls == [1]  # not re-run
     s4.close()
     monkeypatch.setattr(schema, "UPGRADES", [])
     with pytest.raises(StoreError, match="newer"):

@@ -71,3 +71,44 @@ def locked(settings: Settings, name: str = "registry", timeout: float = DEFAULT_
         yield path
     finally:
         lock.release()
+
+
+class LeaderLease:
+    """Exclusive leadership of a role (one active controller) across processes.
+
+    Interface used by the roles; the implementation here is the one-machine one (an OS file lock
+    held for the leader's life, released by the kernel if the process dies). The PostgreSQL
+    implementation holds ``pg_try_advisory_lock`` on a dedicated connection for the leader's life.
+
+    Args:
+        settings: ``home`` (lock folder) and ``database`` (which implementation applies).
+        name: what is led, e.g. ``"controller"``.
+    """
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings, self.name = settings, name
+        self._lock: FileLock | None = None
+
+    def try_acquire(self) -> bool:
+        """Become the leader if nobody is; never blocks. True if this process now leads."""
+        if self._lock is not None and self._lock.is_locked:
+            return True
+        path = lock_path(self.settings, f"leader-{self.name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path, timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            return False
+        self._lock = lock
+        return True
+
+    def held(self) -> bool:
+        """True while this process still leads (call before every step it takes as the leader)."""
+        return self._lock is not None and self._lock.is_locked
+
+    def release(self) -> None:
+        """Step down (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

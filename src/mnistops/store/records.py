@@ -238,3 +238,7 @@ class RetrainJob:
     log: str
     error: str | None
     details: dict[str, Any]
+    lease_owner: str | None = None  # worker holding the job (while lease_until is in the future)
+    lease_until: float | None = None  # epoch seconds; extended by the worker's heartbeat
+    heartbeat_at: float | None = None  # last heartbeat
+    attempts: int = 0  # times a worker claimed it (a re-run after a dead worker's lease expired counts)

@@ -135,10 +135,87 @@ retrain_jobs = Table(
     Column("details", JSON, nullable=False),
 )
 
+# --- control plane (schema v2): job leases, leadership, rollouts, the timeline --------------------
+# Lease columns of retrain_jobs: a worker owns a running job while lease_until is in the future and
+# extends it by heartbeats; an expired lease makes the job claimable again (attempts counts claims).
+JOB_LEASE_COLUMNS = (
+    Column("lease_owner", String, nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+)
+for _c in JOB_LEASE_COLUMNS:
+    retrain_jobs.append_column(_c.copy())
+
+# One row per named lease (e.g. the controller's leadership on SQLite); PostgreSQL uses advisory locks.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("owner", String, nullable=False),
+    Column("until", Float, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+)
+
+# One row per rollout attempt (Argo Rollouts' shape): the controller's durable state machine,
+# updated with compare-and-set on ``revision``.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("revision", Integer, nullable=False, server_default="0"),
+    Column("state", String, nullable=False, index=True),
+    Column("job_id", Integer, nullable=True),
+    Column("version", String, nullable=True),  # the challenger / new champion
+    Column("previous_version", String, nullable=True),  # what a rollback restores
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("data", JSON, nullable=False),  # step-specific facts (watch progress, baselines, seqs)
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# The closed loop's timeline (what the demo prints and /v1/loop/events serves). ``key`` makes a step
+# idempotent: a restarted controller that repeats a step hits the unique key instead of a second row.
+timeline = Table(
+    "timeline",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String, nullable=False, index=True),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("version", String, nullable=True),
+    Column("data", JSON, nullable=False),
+    Column("key", String, nullable=True, unique=True),
+)
+
+# Small durable key/value state of a role (e.g. the controller's cursors); JSON values.
+role_state = Table(
+    "role_state",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 Upgrade = Callable[[Connection], None]
 
+
 # UPGRADES[i] takes an existing database from version i + 1 to i + 2 (runs inside one transaction).
-UPGRADES: list[Upgrade] = []
+def _v1_to_v2(conn: Connection) -> None:
+    # job lease columns, then the new control-plane tables (create_all skips existing ones)
+    from sqlalchemy import inspect, text
+
+    have = {c["name"] for c in inspect(conn).get_columns("retrain_jobs")}
+    for c in JOB_LEASE_COLUMNS:
+        if c.name not in have:
+            kind = c.type.compile(dialect=conn.dialect)
+            default = "" if c.server_default is None else " NOT NULL DEFAULT 0"
+            conn.execute(text(f"ALTER TABLE retrain_jobs ADD COLUMN {c.name} {kind}{default}"))
+    metadata.create_all(conn, tables=[leases, rollouts, timeline, role_state])
+
+
+UPGRADES: list[Upgrade] = [_v1_to_v2]
 
 
 def latest_version() -> int:
