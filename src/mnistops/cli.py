@@ -273,6 +273,40 @@ def monitor_run(
         runner.stop()
 
 
+worker_app = typer.Typer(no_args_is_help=True, help="Retraining workers (any number, any host).")
+app.add_typer(worker_app, name="worker")
+controller_app = typer.Typer(no_args_is_help=True, help="The closed-loop controller (one leader).")
+app.add_typer(controller_app, name="controller")
+
+
+@worker_app.command("run")
+def worker_run(
+    once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
+) -> None:
+    """Claim queued retrain jobs and run them at low CPU priority; stop with SIGTERM or Ctrl+C."""
+    from mnistops.worker import run_worker
+
+    run_worker(_settings(), once=once)
+
+
+@controller_app.command("run")
+def controller_run() -> None:
+    """Reconcile the closed loop (retrain → shadow → promote → watch → rollback) as the leader."""
+    from mnistops.controller import run_controller
+
+    run_controller(_settings())
+
+
+@app.command()
+def up() -> None:
+    """Run every role (serve, monitor, controller, worker) as supervised processes; Ctrl+C stops all."""
+    from mnistops.up import run_up
+
+    code = run_up(_settings())
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command()
 def retrain(
     trigger: Annotated[str, typer.Option(help="Recorded as the job's trigger.")] = "cli",

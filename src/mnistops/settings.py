@@ -67,6 +67,35 @@ class Settings(BaseSettings):
     watch_windows: int = Field(3, ge=1, description="Windows watched after a promotion.")
     rollback_tolerance: float = Field(0.02, ge=0, description="Accuracy drop that triggers rollback.")
 
+    # --- roles (each its own process; `mnistops up` supervises them all) ------------------
+    monitor_port: int = Field(8001, ge=0, le=65535, description="Monitor's /metrics and /healthz (0 = off).")
+    controller_port: int = Field(
+        8002, ge=0, le=65535, description="Controller's /metrics and /healthz (0 = off)."
+    )
+    worker_port: int = Field(8003, ge=0, le=65535, description="Worker's /metrics and /healthz (0 = off).")
+    controller_tick_seconds: float = Field(1.0, gt=0, description="How often the controller reconciles.")
+    job_lease_seconds: float = Field(
+        30.0, gt=0, description="Lease of a claimed job; a dead worker's job is re-queued after it."
+    )
+    job_heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker extends its lease.")
+    job_max_attempts: int = Field(3, ge=1, description="Claims of one job before it is failed for good.")
+    worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
+    worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of training (serving goes first).")
+    # --- durability and retention of the prediction log -------------------------------------
+    durability: Literal["process", "power"] = Field(
+        "process",
+        description="process: an answered prediction survives kill -9; power: also power loss (fsync).",
+    )
+    retention_max_age_seconds: float | None = Field(
+        None, gt=0, description="Prune predictions older than this (default: keep forever)."
+    )
+    retention_max_rows: int | None = Field(None, gt=0, description="Keep at most this many predictions.")
+    retention_archive_dir: Path | None = Field(
+        None, description="Write pruned rows to Parquet here first (default: no archive)."
+    )
+    retention_batch_rows: int = Field(1000, gt=0, description="Rows deleted per retention transaction.")
+    retention_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs.")
+
     @field_validator("webhook_urls", mode="before")
     @classmethod
     def _split_urls(cls, v: object) -> object:
