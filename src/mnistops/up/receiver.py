@@ -24,9 +24,8 @@ class Deliveries:
     def __init__(self, out: Path) -> None:
         self.out, self._lock = out, threading.Lock()
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.items: list[dict[str, Any]] = (
-            [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
-        )
+        lines = out.read_text().splitlines() if out.exists() else []
+        self.items: list[dict[str, Any]] = [json.loads(line) for line in lines if line.strip()]
 
     def add(self, path: str, body: bytes) -> None:
         """Record one POST (its body parsed as JSON when it is JSON)."""
