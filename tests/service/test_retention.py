@@ -108,7 +108,7 @@ def test_feedback_arriving_during_a_batch_keeps_its_row(store: PredictionStore, 
     r = pruner(store, max_rows=1, batch_rows=100)
     plan, _ = r.plan()
     assert plan is not None
-    rows, shadows = r._read_batch(plan, 0)
+    rows, shadows = r._read_batch(plan, 0, 100)
     write_batch(tmp_path, batch_table(rows, shadows, archived_at=1.0))
     store.add_feedback(recs[2].id, 3)  # after the read: the archived copy has no label
     gone, _ = r._delete(rows, shadows)
@@ -129,7 +129,7 @@ def test_interrupted_batch_reuses_its_file_and_collisions_get_a_suffix(
     r = pruner(store, max_rows=1, batch_rows=100, archive_dir=tmp_path)
     plan, _ = r.plan()
     assert plan is not None
-    rows, shadows = r._read_batch(plan, 0)
+    rows, shadows = r._read_batch(plan, 0, 100)
     first = write_batch(tmp_path, batch_table(rows, shadows, archived_at=1.0))  # then "crash"
     report = r.run()
     assert report.pruned == 9 and report.files == [first]  # same name: nothing lost by replacing it
@@ -177,3 +177,12 @@ def test_policy_from_settings_and_service(store: PredictionStore, tmp_path: Path
         svc.stop()
     assert svc.last_report is not None and svc.last_report.pruned == 7
     assert store.count() == 3 and svc.health().errors == 0
+
+
+def test_batches_shrink_while_deletes_are_slow(store: PredictionStore) -> None:
+    store.insert_many(make_records(200))
+    store.insert_window(evaluated_up_to(store.max_seq()))
+    slow = pruner(store, max_rows=1, batch_rows=64, target_delete_ms=0.0)  # every delete is "slow"
+    report = slow.run()
+    assert report.pruned == 199
+    assert len(report.delete_ms) == 1 + 1 + 1 + (199 - 64 - 32 - 16) // 10 + 1  # 64, 32, 16, then 10s

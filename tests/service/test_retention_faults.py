@@ -168,7 +168,7 @@ def test_a_writer_keeps_writing_during_a_prune(store_url: str, tmp_path: Path) -
         stop.set()
         thread.join(30)
     assert not errors
-    assert report.pruned == 4000 and len(report.files) == 20
+    assert report.pruned == 4000 and len(report.files) == len(report.delete_ms) >= 20
     during = [c for c in commits if start <= c[0] and c[1] <= end]
     assert len(during) >= 5, f"only {len(during)} writer commits during a {end - start:.2f} s prune"
     assert store.count() == 16 * len(commits)  # every write landed, none pruned

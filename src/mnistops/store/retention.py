@@ -15,6 +15,9 @@ the rows and their shadow answers. The delete is guarded by each row's ``feedbac
 recorded after the batch was read keeps its row (the next pass archives it again). After each
 batch the pass pauses ``pause_ratio`` times as long as the delete took: on SQLite, where a write
 transaction excludes other writers, the API's log flush gets the lock at least half of the time.
+Batches shrink (down to ``MIN_BATCH_ROWS``) while a delete takes longer than ``target_delete_ms``
+and grow back up to ``batch_rows`` when deletes are fast, so a slow disk or a busy CPU shortens
+the time writers can wait instead of lengthening it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 P, S = predictions.c, shadow_predictions.c
 MAX_BATCH_ROWS = 10_000  # keeps every IN list of a batch far below the drivers' parameter limits
 MIN_PAUSE_S = 0.005
+MIN_BATCH_ROWS = 10
 Row = dict[str, Any]
 
 
@@ -55,7 +59,8 @@ class RetentionPolicy:
     keep_unmonitored: bool = True
     batch_rows: int = 1000
     archive_dir: Path | None = None
-    pause_ratio: float = 1.0
+    pause_ratio: float = 1.0  # pause after a batch, as a multiple of its delete transaction's time
+    target_delete_ms: float = 20.0  # longer deletes halve the next batch, much shorter ones double it
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_rows <= MAX_BATCH_ROWS:
@@ -179,10 +184,12 @@ class Retention:
             conds.append(~exists().where(S.prediction_id == P.id, S.model_version == plan.challenger))
         return and_(*conds)
 
-    def _read_batch(self, plan: PrunePlan, after_seq: int) -> tuple[list[Row], dict[str, list[Row]]]:
+    def _read_batch(
+        self, plan: PrunePlan, after_seq: int, limit: int
+    ) -> tuple[list[Row], dict[str, list[Row]]]:
         q = select(predictions).where(self._where(plan, after_seq)).order_by(P.seq)
         with self.store._tx(write=False) as conn:
-            rows = [dict(r._mapping) for r in conn.execute(q.limit(self.policy.batch_rows))]
+            rows = [dict(r._mapping) for r in conn.execute(q.limit(limit))]
             shadows: dict[str, list[Row]] = {}
             if rows:
                 sq = select(shadow_predictions).where(S.prediction_id.in_([r["id"] for r in rows]))
@@ -238,9 +245,9 @@ class Retention:
         archive = self.policy.archive_dir
         if archive is not None:
             remove_stale_temp_files(archive)
-        after = 0
+        after, size = 0, self.policy.batch_rows
         while stop is None or not stop.is_set():
-            rows, shadows = self._read_batch(plan, after)
+            rows, shadows = self._read_batch(plan, after, size)
             if not rows:
                 break
             if archive is not None:
@@ -250,8 +257,9 @@ class Retention:
             tx_s = time.perf_counter() - t1
             self._account(report, rows, gone, n_shadows, tx_s)
             after = int(rows[-1]["seq"])
-            if len(rows) < self.policy.batch_rows:
+            if len(rows) < size:
                 break
+            size = self._next_size(size, tx_s * 1000)
             pause = max(MIN_PAUSE_S, self.policy.pause_ratio * tx_s)  # writers go first
             if stop is not None:
                 stop.wait(pause)
@@ -261,6 +269,13 @@ class Retention:
         if not report.pruned and not report.skipped:
             report.reason = "no prunable rows"
         return report
+
+    def _next_size(self, size: int, tx_ms: float) -> int:
+        if tx_ms > self.policy.target_delete_ms:
+            return max(min(MIN_BATCH_ROWS, self.policy.batch_rows), size // 2)
+        if tx_ms < self.policy.target_delete_ms / 4:
+            return min(self.policy.batch_rows, size * 2)
+        return size
 
     @staticmethod
     def _account(
