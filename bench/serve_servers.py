@@ -51,6 +51,8 @@ def service_env(s: Settings, **extra: str) -> dict[str, str]:
         MNISTOPS_TRACKING_URI=str(s.tracking),
         MLFLOW_TRACKING_URI=str(s.tracking),
         PYTHONPATH=str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", ""),
+        # mlflow models serve execs `uvicorn` from PATH: the venv's, not whatever else is installed
+        PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
     )
     env.update(extra)
     return env
