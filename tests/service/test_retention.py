@@ -37,6 +37,7 @@ def test_nothing_without_a_limit_or_before_the_first_window(store: PredictionSto
     assert report.plan is None and "monitor" in report.reason
     assert len(seqs(store)) == 20
     store.insert_window(evaluated_up_to(store.max_seq()))
+    assert pruner(store, max_rows=50).run().reason == "no prunable rows"  # under the limit
     assert pruner(store, max_rows=5).run().pruned == 15
 
 

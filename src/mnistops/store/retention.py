@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, tuple_
 
 from mnistops.errors import ConfigError
 from mnistops.store.archive import batch_table, remove_stale_temp_files, write_batch
@@ -176,7 +176,7 @@ class Retention:
         old = [] if plan.age_cut_ts is None else [P.ts < plan.age_cut_ts]
         if plan.count_cut_seq is not None:
             old.append(P.seq < plan.count_cut_seq)
-        conds = [P.seq > after_seq, or_(*old), P.ts < plan.grace_cut_ts]
+        conds = [P.seq > after_seq, or_(false(), *old), P.ts < plan.grace_cut_ts]
         if plan.horizon_seq is not None:
             conds.append(P.seq <= plan.horizon_seq)
         if plan.challenger is not None:
