@@ -9,7 +9,7 @@ DATA_STAMP := .mnistops/data/.verified
 export MNISTOPS_HOME ?= .mnistops
 BENCH_TRAIN_ARGS ?= --repeats 3  # alternating seed/mnistops pairs: median and pooled ratio
 
-.PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-drift clean system-deps
+.PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-retention bench-drift clean system-deps
 
 setup: $(STAMP) $(DATA_STAMP) system-deps
 
@@ -69,6 +69,10 @@ bench-serve: setup
 	    { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; fi; \
 	  command -v wrk >/dev/null || { echo "error: bench-serve needs wrk: sudo apt-get install -y wrk" >&2; exit 1; }; }
 	$(PY) bench/bench_serve.py $(BENCH_SERVE_ARGS)
+
+# a writer's commit latency on SQLite while retention prunes 100k rows (archive on)
+bench-retention: setup
+	$(PY) bench/bench_retention.py
 
 bench-drift: setup
 	$(PY) bench/bench_drift.py
