@@ -262,15 +262,57 @@ def monitor_run(
     if metrics_port:
         start_http_server(metrics_port, registry=metrics.registry)
     runner = _monitor_runner(metrics)
+    retention = _retention(runner.store, metrics.registry)  # the monitor knows the windows: prune here
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"monitoring {_settings().database} every {_settings().monitor_interval_seconds}s")
     try:
+        if retention is not None:
+            retention.start()
         runner.run_forever(stop)
     except KeyboardInterrupt:
         pass
     finally:
+        if retention is not None:
+            retention.stop(timeout=30)
         runner.stop()
+
+
+def _retention(store: Any, registry: Any = None) -> Any:
+    """The retention role on ``store`` (None when no retention limit is set)."""
+    from mnistops.registry.core import CHALLENGER
+    from mnistops.store.retention_service import retention_service
+
+    reg = _registry()
+    return retention_service(
+        _settings(), store, challenger=lambda: reg.alias_version(CHALLENGER), registry=registry
+    )
+
+
+store_app = typer.Typer(no_args_is_help=True, help="The operational database (prediction log, events, jobs).")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("prune")
+def store_prune(
+    dry_run: Annotated[bool, typer.Option(help="Only count what would be pruned now.")] = False,
+    once: Annotated[bool, typer.Option(help="One pass, then exit (default: every interval).")] = False,
+) -> None:
+    """Apply the retention policy (MNISTOPS_RETENTION_*): archive to Parquet, then delete, in batches."""
+    from mnistops.errors import ConfigError
+    from mnistops.runtime import stop_on_signals
+    from mnistops.store.predictions import PredictionStore
+
+    service = _retention(PredictionStore(_settings().database))
+    if service is None:
+        raise ConfigError("no retention limit: set MNISTOPS_RETENTION_MAX_AGE_SECONDS and/or _MAX_ROWS")
+    if dry_run or once:
+        console.print(service.retention.run(dry_run=dry_run).summary())
+        return
+    console.print(f"pruning {_settings().database} every {service.interval:.0f}s")
+    stop_on_signals(service.start().stopping)
+    service.stopping.wait()
+    service.stop(timeout=30)
 
 
 worker_app = typer.Typer(no_args_is_help=True, help="Retraining workers (any number, any host).")
