@@ -298,11 +298,26 @@ def controller_run() -> None:
 
 
 @app.command()
-def up() -> None:
-    """Run every role (serve, monitor, controller, worker) as supervised processes; Ctrl+C stops all."""
-    from mnistops.up import run_up
+def up(
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated roles to run, e.g. serve,monitor (default all).")
+    ] = None,
+    procfile: Annotated[
+        Path | None, typer.Option(help="Procfile to read (default ./Procfile, else the built-in roles).")
+    ] = None,
+    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL on stop.")] = 30.0,
+    max_restarts: Annotated[
+        int, typer.Option(help="Consecutive failed runs of a role before `up` stops everything.")
+    ] = 5,
+) -> None:
+    """Run every role (serve, monitor, controller, worker) as supervised processes; Ctrl+C stops all.
 
-    code = run_up(_settings())
+    A role that exits is restarted after 1, 2, 4 … 30 s; exit code 0 after a stop, 1 after a crash loop.
+    """
+    from mnistops.up import RestartPolicy, run_up
+
+    policy = RestartPolicy(grace_seconds=grace, max_restarts=max_restarts)
+    code = run_up(_settings(), procfile=procfile, only=only, policy=policy)
     if code:
         raise typer.Exit(code)
 
