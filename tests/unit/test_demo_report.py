@@ -8,8 +8,8 @@ import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
+from mnistops.demo.loop import DemoResult
 from mnistops.demo.report import render_report, write_report
-from mnistops.demo.run import DemoResult
 from mnistops.demo.stream import Served
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import re
 import signal
@@ -44,6 +43,7 @@ if mode == "fork":
 print(f"{name} says hello", flush=True)
 print("partial line without newline", end="", flush=True)
 if mode == "crash":
+    note("ends", time.time())
     sys.exit(3)
 time.sleep(300)
 """
@@ -155,16 +155,19 @@ def test_a_taken_port_fails_fast_with_the_setting_to_change() -> None:
 # --- real processes -----------------------------------------------------------------------------
 def test_crashing_child_is_restarted_with_growing_delays_then_up_gives_up(workdir: Path) -> None:
     roles = parse_roles(procfile(workdir, crash="crash", steady="sleep").read_text())
-    policy = RestartPolicy(initial_delay=0.2, max_delay=5.0, max_restarts=3, grace_seconds=5)
+    policy = RestartPolicy(initial_delay=0.3, max_delay=5.0, max_restarts=3, grace_seconds=5)
     out = io.StringIO()
     code = Supervisor(roles, child_env(os.environ), policy, out, colour=False).run()
     assert code == EXIT_CRASH_LOOP
     starts = [float(x) for x in (workdir / "crash.starts").read_text().split()]
+    ends = [float(x) for x in (workdir / "crash.ends").read_text().split()]
     assert len(starts) == 4  # the first run and three restarts
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert gaps[0] >= 0.2 and gaps[1] > 1.5 * gaps[0] and gaps[2] > 1.5 * gaps[1], gaps
+    # from one run's exit to the next run's start: the delay, plus the next run's interpreter start
+    gaps = [nxt - end for end, nxt in zip(ends, starts[1:], strict=False)]
+    assert all(g >= d for g, d in zip(gaps, (0.3, 0.6, 1.2), strict=True)), gaps
+    assert gaps[2] > gaps[0] + 0.5, gaps  # 1.2 s vs 0.3 s of backoff
     log = out.getvalue()
-    for n, delay in ((1, 0.2), (2, 0.4), (3, 0.8)):
+    for n, delay in ((1, 0.3), (2, 0.6), (3, 1.2)):
         assert "crash exited (exit code 3) after" in log and f"restart {n}/3 in {delay:.1f} s" in log
     assert "4 failed runs in a row, giving up" in log
     assert "steady stopped (killed by SIGTERM)" in log  # the healthy role is stopped with it
