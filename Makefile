@@ -25,12 +25,22 @@ $(DATA_STAMP): $(STAMP)
 	$(BIN)/mnistops data fetch
 	@touch $(DATA_STAMP)
 
-# Debian chromium for the browser tests (never `playwright install`: it downloads a browser).
+# Debian packages the tests and benches run for real (never `playwright install`: it downloads a
+# browser): chromium (browser tests), prometheus + promtool and alertmanager (rule tests, the
+# cluster), nginx (the cluster's load balancer), wrk (bench-serve), postgresql (store and cluster).
+SYSTEM_CMDS := chromium:chromium promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+  nginx:nginx wrk:wrk
 system-deps:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
-	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
-	  else echo "note: chromium missing; browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+	@missing=""; for pair in $(SYSTEM_CMDS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; done; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; } || \
+	    echo "NOTICE: could not install$$missing; the tests that need them will be SKIPPED"; \
+	  else echo "NOTICE: missing$$missing (sudo apt-get install$$missing); tests that need them will be SKIPPED"; fi; fi
 
 demo: setup
 	$(BIN)/mnistops demo $(DEMO_ARGS)
