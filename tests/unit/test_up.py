@@ -118,6 +118,10 @@ def test_simple_commands_are_execd_and_shell_syntax_is_left_alone() -> None:
     assert shell_command("mnistops serve") == ["/bin/sh", "-c", "exec mnistops serve"]
     assert shell_command('python -c "import a; a.b()"')[2].startswith("exec ")  # quoted ';'
     assert shell_command("a && b") == ["/bin/sh", "-c", "a && b"]
+    show = "import os; print(os.environ['MNISTOPS_WORKER_PORT'])"
+    argv = shell_command(f'MNISTOPS_WORKER_PORT=8013 {sys.executable} -c "{show}"')
+    assert argv[2].startswith("exec env MNISTOPS_WORKER_PORT=8013 ")
+    assert subprocess.run(argv, capture_output=True, text=True, check=True).stdout == "8013\n"
 
 
 def test_child_env_puts_this_interpreter_first_and_unbuffers_python() -> None:

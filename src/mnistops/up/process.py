@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -52,7 +53,11 @@ def shell_command(command: str) -> list[str]:
     except ValueError:  # unbalanced quotes: let the shell report it
         tokens = ["("]
     simple = not any(t and set(t) <= _OPERATOR_CHARS for t in tokens) and "\n" not in command
-    return ["/bin/sh", "-c", f"exec {command}" if simple else command]
+    if not simple:
+        return ["/bin/sh", "-c", command]
+    # `exec A=1 cmd` would look for a program named "A=1": leading assignments go through env(1)
+    assigns = bool(tokens) and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", tokens[0]) is not None
+    return ["/bin/sh", "-c", f"exec env {command}" if assigns else f"exec {command}"]
 
 
 def child_env(base: Mapping[str, str], columns: int | None = None) -> dict[str, str]:
