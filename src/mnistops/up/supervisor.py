@@ -106,10 +106,14 @@ class Supervisor:
     def run(self) -> int:
         """Start every role, supervise, stop; ``EXIT_STOPPED`` or ``EXIT_CRASH_LOOP``."""
         with self._signals():
-            for c in self._children:
-                self._start(c)
-            while self._stop_signal is None and self._gave_up is None:
-                self._step(self._timeout())
+            try:
+                for c in self._children:
+                    self._start(c)
+                while self._stop_signal is None and self._gave_up is None:
+                    self._step(self._timeout())
+            except BaseException:
+                self._shutdown()  # never leave the started roles behind
+                raise
             return self._shutdown()
 
     # --- the loop ---------------------------------------------------------------------------------
