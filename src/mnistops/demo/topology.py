@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,14 +133,18 @@ def health_urls(env: dict[str, str]) -> list[str]:
     return [f"{base}{env['MNISTOPS_PORT']}/readyz", *(f"{base}{env[k]}/healthz" for k in roles)]
 
 
+def process_env(env: Mapping[str, str], inherited: Mapping[str, str]) -> dict[str, str]:
+    """``inherited`` without its ``MNISTOPS_*`` (the user's database, registry …) plus ``env``."""
+    return {**{k: v for k, v in inherited.items() if not k.startswith("MNISTOPS_")}, **env}
+
+
 def start_up(env: dict[str, str], log_path: Path, timeout: float = 120.0) -> subprocess.Popen[bytes]:
     """Start ``mnistops up`` with ``env``; return once every role is healthy (else stop it and raise)."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MNISTOPS_")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mnistops", "up", "--grace", str(UP_GRACE_SECONDS)],
             cwd=env["MNISTOPS_HOME"],  # no Procfile there: the built-in four roles
-            env={**inherited, **env},
+            env=process_env(env, os.environ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl+C reaches the demo only; the demo stops `up`
