@@ -35,7 +35,8 @@ from mnistops.settings import Settings
 from mnistops.training.data import Mnist
 
 console = Console()
-Event = dict[str, Any]  # one /v1/loop/events item: {ts, seq, kind, detail, version, data}
+Event = dict[str, Any]  # one /v1/loop/events item: {id, ts, seq, kind, detail, version, data}
+EVENTS_PAGE = 1000  # the endpoint's largest page
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Traffic:
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.seed)
         self._x, self._y = self.mnist.test_images.numpy(), self.mnist.test_labels.numpy()
+        self._events: list[Event] = []
 
     def send(self, n: int, shifted: bool, phase: str) -> list[Served]:
         """Predict ``n`` random test digits (shifted by the demo's shift if asked)."""
@@ -99,8 +101,15 @@ class Traffic:
         return self.client.send(x, self._y[idx], phase)
 
     def events(self) -> list[Event]:
-        """The controller's timeline, oldest first, as serve returns it."""
-        return list(self.client.get("/v1/loop/events"))  # type: ignore[call-overload]
+        """The controller's timeline so far, oldest first (polled incrementally by event id)."""
+        while True:
+            since = self._events[-1]["id"] if self._events else 0
+            page: list[Event] = self.client.get(  # type: ignore[assignment]
+                f"/v1/loop/events?since_id={since}&limit={EVENTS_PAGE}"
+            )
+            self._events += page
+            if len(page) < EVENTS_PAGE:
+                return list(self._events)
 
 
 def _clean_phase(t: Traffic, cfg: LoopDemoConfig) -> None:
