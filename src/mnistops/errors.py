@@ -168,6 +168,13 @@ class StoreError(MnistopsError):
     code = "store_unavailable"
 
 
+class ConflictError(StoreError):
+    """A compare-and-set lost: another writer changed the row first (re-read, then decide again)."""
+
+    http_status = 409
+    code = "conflict"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 
