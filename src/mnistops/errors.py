@@ -175,6 +175,13 @@ class ConflictError(StoreError):
     code = "conflict"
 
 
+class LeadershipLostError(MnistopsError):
+    """This process no longer holds the leader lease: it must stop acting (another leader may act)."""
+
+    exit_code = 10
+    code = "leadership_lost"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 
