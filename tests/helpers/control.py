@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from mnistops.errors import PromotionRefusedError, RollbackError
+from mnistops.errors import PromotionRefusedError, RollbackError, StoreError
+from mnistops.settings import Settings
 from mnistops.store import audit
 from mnistops.store.predictions import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
 from mnistops.store.records import RetrainJob
@@ -109,17 +110,20 @@ def finish_job(store: PredictionStore, job_id: int, version: str | None, challen
 
 # --- an in-memory registry -----------------------------------------------------------------------
 class FakeRegistry:
-    """Aliases and an audit trail with the semantics of ``registry.promote`` / ``rollback``.
+    """Aliases in memory, the audit trail in the real ``promotion_events`` table of ``settings.database``,
+    with the semantics of ``registry.promote`` / ``rollback``.
 
     ``refuse`` holds versions whose promotion is refused without ``force`` (a stale gate);
-    ``calls`` counts the effects, which is what "never twice" tests look at.
+    ``calls`` counts the effects, which is what "never twice" tests look at; ``die_before_audit``
+    makes the next effect move the aliases and raise before writing its row (a kill half-way).
     """
 
-    def __init__(self, champion: str = "1") -> None:
+    def __init__(self, settings: Settings, champion: str = "1") -> None:
+        self.settings = settings
         self.alias: dict[str, str] = {"champion": champion}
-        self.events: list[audit.AuditEvent] = []
         self.refuse: set[str] = set()
         self.calls: Counter[str] = Counter()
+        self.die_before_audit = False
 
     def aliases(self) -> dict[str, str]:
         """Current aliases."""
@@ -132,11 +136,11 @@ class FakeRegistry:
     def _audit(
         self, action: str, frm: str | None, to: str, actor: str | None, reason: str, forced: bool
     ) -> audit.AuditEvent:
-        ev = audit.AuditEvent(
-            audit.now(), action, frm, to, reason, actor or "test", forced, id=len(self.events) + 1
-        )
-        self.events.append(ev)
-        return ev
+        if self.die_before_audit:
+            self.die_before_audit = False
+            raise StoreError(f"killed after moving the aliases, before auditing {action} {frm} -> {to}")
+        ev = audit.AuditEvent(audit.now(), action, frm, to, reason, actor or "test", forced)
+        return audit.record(self.settings.database, self.settings.model_name, ev)
 
     def promote(
         self, version: str, actor: str | None = None, reason: str = "", force: bool = False
@@ -168,7 +172,7 @@ class FakeRegistry:
 
     def history(self, limit: int | None = None) -> list[audit.AuditEvent]:
         """Audit events, oldest first (the last ``limit``)."""
-        return list(self.events[-limit:] if limit else self.events)
+        return audit.history(self.settings.database, self.settings.model_name, limit)
 
 
 # --- the controller as a process -----------------------------------------------------------------

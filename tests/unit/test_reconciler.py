@@ -32,9 +32,10 @@ class World:
     """A reconciler over a real store and an in-memory registry (champion "1")."""
 
     def __init__(self, store: PredictionStore, home: Path) -> None:
-        self.store, self.reg, self.lease = store, FakeRegistry("1"), Lease()
+        self.store, self.lease = store, Lease()
         self.settings = Settings(
             home=home,
+            database_url=store.url.render_as_string(hide_password=False),
             watch_windows=3,
             rollback_tolerance=0.02,
             retrain_cooldown_seconds=0,
@@ -42,6 +43,7 @@ class World:
             shadow_requests=40,
             shadow_min_labelled=20,
         )
+        self.reg = FakeRegistry(self.settings, "1")
         self.alert_failures = 0  # the next n alert engines raise (a crash right after an effect)
         self.metrics = ControllerMetrics()
         self.rec = Reconciler(
@@ -142,7 +144,7 @@ def test_retrain_shadow_promote_watch_pass(world: World) -> None:
     assert passed.version == "2" and passed.data["agreement"] == pytest.approx(0.8)  # 32 rows both right
     (promoted,) = world.events("promoted")
     assert (promoted.detail, promoted.data) == ("champion 1 → 2", {"forced": False})
-    assert world.reg.alias["champion"] == "2" and world.reg.events[-1].actor == "controller"
+    assert world.reg.alias["champion"] == "2" and world.reg.history()[-1].actor == "controller"
     assert world.events("watch")[-1].detail == "watching 2 for 3 windows against 1 (0.9000)"
 
     for _ in range(3):
@@ -173,7 +175,7 @@ def test_forced_bad_release_is_rolled_back_once_and_alerted(world: World) -> Non
     (rb,) = world.events("rollback")
     assert rb.version == "1" and rb.data == {"from_version": "3", "watched_windows": 1}
     assert rb.detail.startswith("automatic rollback 3 → 1: realized accuracy 0.5000")
-    assert world.reg.alias["champion"] == "1" and world.reg.events[-1].actor == "controller:watch"
+    assert world.reg.alias["champion"] == "1" and world.reg.history()[-1].actor == "controller:watch"
     assert world.firing() == ["AutoRollback"] and world.count("mnistops_rollbacks_total") == 1
     world.rec.tick()
     assert world.reg.calls["rollback"] == 1 and len(world.events("rollback")) == 1
@@ -216,6 +218,38 @@ def test_crash_after_the_promotion_does_not_promote_twice(
     world.rec.tick()
     assert world.reg.calls["promote"] == 1 and len(world.events("promoted")) == 1
     assert world.states() == ["watching"] and len(world.events("shadow_passed")) == 1
+
+
+def _promotes(world: World, version: str) -> list[Any]:
+    return [e for e in world.reg.history() if e.action == "promote" and e.to_version == version]
+
+
+def test_killed_inside_the_promotion_completes_its_audit_row(world: World) -> None:
+    add_window(world.store, "1", realized=0.8, realized_n=100)
+    world.reg.set_challenger("2")
+    world.rec.tick()
+    add_traffic(world.store, "1", 40, champion_acc=0.8, challenger="2", challenger_acc=0.95)
+    world.reg.die_before_audit = True  # aliases moved, audit row never written
+    with pytest.raises(StoreError):
+        world.rec.tick()
+    assert world.reg.alias["champion"] == "2" and _promotes(world, "2") == []
+    world.rec.tick()
+    (row,) = _promotes(world, "2")
+    assert (row.actor, row.from_version, row.details) == ("controller", "1", {"recovered": True})
+    assert world.reg.calls["promote"] == 1 and len(world.events("promoted")) == 1
+    assert world.states() == ["watching"]
+
+
+def test_killed_inside_the_rollback_completes_its_audit_row(world: World) -> None:
+    _forced_bad_release(world)
+    world.reg.die_before_audit = True
+    with pytest.raises(StoreError):
+        world.rec.tick()
+    assert world.reg.alias["champion"] == "1" and world.events("rollback") == []
+    world.rec.tick()  # the champion moved without a row: not mistaken for a promotion of "1"
+    assert world.reg.calls["rollback"] == 1 and len(world.events("rollback")) == 1
+    assert [e.action for e in world.reg.history()] == ["promote", "auto-rollback"]
+    assert len(world.events("promoted")) == 1 and world.firing() == ["AutoRollback"]
 
 
 def test_refused_promotion_is_final(world: World) -> None:

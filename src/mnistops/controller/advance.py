@@ -65,7 +65,8 @@ def shadow(ctx: Context, r: Rollout) -> bool:
     audit_before = ctx.last_audit_id()
     with ctx.rollouts.step() as s:
         s.record("shadow_passed", v.reason, r.version, {"agreement": v.stats.agreement}, key=key)
-        r = s.update(r, state="promoting", reason=v.reason, data={**r.data, "audit_before": audit_before})
+        data = {**r.data, "audit_before": audit_before, "champion": ctx.aliases.get(CHAMPION)}
+        r = s.update(r, state="promoting", reason=v.reason, data=data)
     return promote(ctx, r)
 
 
@@ -73,11 +74,13 @@ def promote(ctx: Context, r: Rollout) -> bool:
     """A ``promoting`` rollout: promote once; True when the champion moved (or had moved) to it."""
     assert r.version is not None
     after = int(r.data.get("audit_before", 0))
-    done = any(
-        e.action == "promote" and e.to_version == r.version and e.actor == PROMOTE_ACTOR
-        for e in ctx.audit_since(after)
-    )
-    if done or ctx.registry.aliases().get(CHAMPION) == r.version:
+    done = any(e.action == "promote" and e.to_version == r.version for e in ctx.audit_since(after))
+    if not done and ctx.registry.aliases().get(CHAMPION) == r.version:
+        ctx.guard()  # moved without its audit row: the promotion died half-way
+        prev = str(r.data.get("champion") or r.previous_version or "?")
+        ctx.complete_audit("promote", prev, r.version, PROMOTE_ACTOR, f"shadow verdict: {r.reason}")
+        done = True
+    if done:
         return True  # follow_champion records the promotion and starts the watch
     ctx.guard()
     try:
@@ -92,17 +95,32 @@ def promote(ctx: Context, r: Rollout) -> bool:
     return True
 
 
-def roll_back(ctx: Context, r: Rollout) -> bool:
-    """A ``rolling_back`` rollout: roll back once, alert, record; True when the champion moved."""
+def _rolled_back(ctx: Context, r: Rollout) -> tuple[str, str] | None:
+    """(from, to) if the rollback of ``r`` happened already; repairs a missing audit row."""
     assert r.version is not None
-    after = int(r.data.get("audit_before", 0))
+    events = ctx.audit_since(int(r.data.get("audit_before", 0)))
     ours = [
         e
-        for e in ctx.audit_since(after)
+        for e in events
         if e.action == "auto-rollback" and e.from_version == r.version and e.actor == ROLLBACK_ACTOR
     ]
     if ours:
-        frm, to = str(ours[0].from_version), ours[0].to_version
+        return r.version, ours[0].to_version
+    champ = ctx.registry.aliases().get(CHAMPION)
+    explained = any(e.to_version == champ for e in events)  # somebody else's audited move
+    if champ is not None and champ != r.version and champ == r.previous_version and not explained:
+        ctx.guard()  # the aliases moved back without the audit row: our rollback died half-way
+        ctx.complete_audit("auto-rollback", r.version, champ, ROLLBACK_ACTOR, r.reason)
+        return r.version, champ
+    return None
+
+
+def roll_back(ctx: Context, r: Rollout) -> bool:
+    """A ``rolling_back`` rollout: roll back once, alert, record; True when the champion moved."""
+    assert r.version is not None
+    done = _rolled_back(ctx, r)
+    if done is not None:
+        frm, to = done
     else:
         champ = ctx.registry.aliases().get(CHAMPION)
         if champ != r.version:

@@ -96,6 +96,7 @@ class Cursors:
     window_id: int = 0  # last monitor_windows.id handled
     alert_id: int = 0  # last alert_events.id handled
     champion: str | None = None  # champion alias as last seen
+    audit_id: int = 0  # last promotion_events.id that explained a champion move
     retrain_due: bool = False  # facts since the last retrain decision warrant a new one
     rollback_alert: dict[str, Any] | None = None  # open AutoRollback: {"version", "after_window_id"}
 
@@ -169,6 +170,28 @@ class Context:
     def audit_since(self, after_id: int, limit: int = 50) -> list[AuditEvent]:
         """Promotion/rollback events newer than ``after_id``, oldest first."""
         return [e for e in self.registry.history(limit=limit) if (e.id or 0) > after_id]
+
+    def complete_audit(self, action: str, frm: str, to: str, actor: str, reason: str) -> AuditEvent:
+        """Write the audit row of an effect whose aliases moved but whose row is missing.
+
+        ``registry.promote``/``rollback`` move the aliases, then write the row: a process killed in
+        between leaves the aliases (the truth) without the row, which this completes.
+        """
+        from mnistops.store import audit
+
+        log.warning(
+            "controller: %s %s → %s had no audit row (killed half-way): recording it", action, frm, to
+        )
+        event = audit.AuditEvent(
+            time=audit.now(),
+            action=action,
+            from_version=frm,
+            to_version=to,
+            reason=f"{reason} (recorded after a restart)",
+            actor=actor,
+            details={"recovered": True},
+        )
+        return audit.record(self.settings.database, self.settings.model_name, event)
 
     def set_rollback_alert(self, window: int, version: str, on: bool) -> None:
         """Raise (``on``) or resolve the AutoRollback alert; idempotent (one firing row per rule).

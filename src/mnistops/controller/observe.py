@@ -28,8 +28,17 @@ FEED_BATCH = 100  # facts read per query; a backlog drains over several ticks
 
 # --- champion ------------------------------------------------------------------------------------
 def _audit_onto(ctx: Context, version: str) -> AuditEvent | None:
-    # the newest promotion/rollback that made ``version`` champion
-    return next((e for e in reversed(ctx.registry.history(limit=50)) if e.to_version == version), None)
+    """The newest audit event after the cursor that made ``version`` champion."""
+    return next((e for e in reversed(ctx.audit_since(ctx.cursors.audit_id)) if e.to_version == version), None)
+
+
+def _effect_in_flight(ctx: Context, prev: str, cur: str) -> bool:
+    # aliases moved without an audit row: one of our own effects died half-way (the registry moves
+    # aliases, then writes the row); its rollout step completes the record, then this one goes on
+    for r in ctx.rollouts.active():
+        if (r.state, r.version) in (("promoting", cur), ("rolling_back", prev)):
+            return True
+    return False
 
 
 def _baseline(ctx: Context, version: str) -> tuple[float, float | None] | None:
@@ -55,24 +64,27 @@ def follow_champion(ctx: Context) -> None:
         ctx.cursors = cursors
         return
     ev = _audit_onto(ctx, cur)
+    if ev is None and _effect_in_flight(ctx, prev, cur):
+        return
+    audit_id = max(ctx.cursors.audit_id, 0 if ev is None else int(ev.id or 0))
     if ev is not None and ev.action != "promote":
-        _restored(ctx, cur, ev)
+        _restored(ctx, cur, ev, audit_id)
     else:  # no audit event: the alias was moved by hand, which is watched like a promotion
-        _promoted(ctx, prev, cur, bool(ev is not None and ev.forced))
+        _promoted(ctx, prev, cur, bool(ev is not None and ev.forced), audit_id)
 
 
-def _restored(ctx: Context, cur: str, ev: AuditEvent) -> None:
+def _restored(ctx: Context, cur: str, ev: AuditEvent, audit_id: int) -> None:
     # a rollback restored a known-good champion: nothing to watch; watches of other versions end
     # (a rolling_back rollout finds its own rollback in the audit trail)
     with ctx.rollouts.step() as s:
         for r in ctx.rollouts.active():
             if r.state == "watching" and r.version != cur:
                 s.update(r, state="superseded", reason=f"champion moved to {cur} ({ev.action} by {ev.actor})")
-        cursors = ctx.save_cursors(s, champion=cur)
+        cursors = ctx.save_cursors(s, champion=cur, audit_id=audit_id)
     ctx.cursors = cursors
 
 
-def _promoted(ctx: Context, prev: str, cur: str, forced: bool) -> None:
+def _promoted(ctx: Context, prev: str, cur: str, forced: bool, audit_id: int) -> None:
     active = ctx.rollouts.active()
     base = _baseline(ctx, prev)
     s_ = ctx.settings
@@ -103,7 +115,7 @@ def _promoted(ctx: Context, prev: str, cur: str, forced: bool) -> None:
             s.record("watch", why, cur, key=key)
             data = {**r.data, "watch": watch.state(), "after_window_id": ctx.cursors.window_id}
             s.update(r, state="watching", previous_version=prev, reason="watching", data=data)
-        cursors = ctx.save_cursors(s, champion=cur)
+        cursors = ctx.save_cursors(s, champion=cur, audit_id=audit_id)
     ctx.cursors = cursors
     ctx.metrics.promotions.inc()
 

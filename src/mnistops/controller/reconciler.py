@@ -117,11 +117,16 @@ class Reconciler:
             return
         # first start: follow the facts from now on (old windows and alerts are history, not news)
         window_id, alert_id = ctx.feed.last_ids()
+        audit_id = ctx.last_audit_id()
         ctx.guard()
         with ctx.rollouts.step() as s:
             ctx.cursors = Cursors()
             cursors = ctx.save_cursors(
-                s, window_id=window_id, alert_id=alert_id, champion=ctx.aliases.get(CHAMPION)
+                s,
+                window_id=window_id,
+                alert_id=alert_id,
+                champion=ctx.aliases.get(CHAMPION),
+                audit_id=audit_id,
             )
         ctx.cursors = cursors
         log.info(
