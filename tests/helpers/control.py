@@ -10,7 +10,6 @@ moved to ``succeeded`` with the challenger alias set, as the worker would.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from mnistops.store import audit
 from mnistops.store.predictions import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
 from mnistops.store.records import RetrainJob
 
-REPO = Path(__file__).resolve().parents[2]
 _IMAGE = np.zeros(784, np.uint8)
 
 
@@ -176,15 +174,20 @@ class FakeRegistry:
 
 
 # --- the controller as a process -----------------------------------------------------------------
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
-    """Poll ``cond`` until it returns something truthy (returned); AssertionError after ``timeout``."""
+def wait_for(
+    cond: Callable[[], Any], timeout: float, what: str | Callable[[], str], poll: float = 0.1
+) -> Any:
+    """Poll ``cond`` until it returns something truthy (returned); AssertionError after ``timeout``.
+
+    ``what`` names the wait in the error (a callable is evaluated then, e.g. to attach logs).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = cond()
         if got:
             return got
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
 
 
 class ControllerProcess:
@@ -242,11 +245,3 @@ class ControllerProcess:
         """The tail of its output."""
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
-
-
-def controller_env(base: dict[str, str], **settings: str) -> dict[str, str]:
-    """Environment of a controller subprocess: ``base`` (e.g. ``RegistryHome.env``) + MNISTOPS_* settings."""
-    env = dict(base)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env.update({f"MNISTOPS_{k.upper()}": v for k, v in settings.items()})
-    return env
