@@ -113,7 +113,8 @@ class FakeRegistry:
 
     ``refuse`` holds versions whose promotion is refused without ``force`` (a stale gate);
     ``calls`` counts the effects, which is what "never twice" tests look at; ``die_before_audit``
-    makes the next effect move the aliases and raise before writing its row (a kill half-way).
+    makes the next effect move the aliases and raise before writing its row (a kill half-way);
+    ``down`` makes it answer like an unreachable registry.
     """
 
     def __init__(self, settings: Settings, champion: str = "1") -> None:
@@ -122,10 +123,11 @@ class FakeRegistry:
         self.refuse: set[str] = set()
         self.calls: Counter[str] = Counter()
         self.die_before_audit = False
+        self.down = False  # answer like an unreachable MLflow: no aliases
 
     def aliases(self) -> dict[str, str]:
-        """Current aliases."""
-        return dict(self.alias)
+        """Current aliases ({} while ``down``, as ``Registry.aliases`` answers then)."""
+        return {} if self.down else dict(self.alias)
 
     def set_challenger(self, version: str) -> None:
         """Point ``challenger`` at ``version``."""

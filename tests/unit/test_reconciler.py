@@ -292,6 +292,19 @@ def test_a_manual_rollback_ends_the_watch(world: World) -> None:
     assert world.reg.calls["rollback"] == 1  # bob's
 
 
+def test_a_registry_outage_is_not_an_alias_move(world: World) -> None:
+    world.reg.set_challenger("2")
+    world.rec.tick()
+    world.reg.down = True
+    add_traffic(world.store, "1", 40, champion_acc=0.8, challenger="2", challenger_acc=0.95)
+    add_window(world.store, "1")
+    world.rec.tick()
+    assert world.states() == ["shadowing"] and world.kinds() == ["shadow", "window"]
+    world.reg.down = False
+    world.rec.tick()
+    assert world.events("shadow_passed") and world.reg.alias["champion"] == "2"
+
+
 def test_no_lease_no_step(world: World) -> None:
     world.lease.ok = False
     world.store.open_alert("DataDrift", "warning", "drift")

@@ -75,7 +75,7 @@ def promote(ctx: Context, r: Rollout) -> bool:
     assert r.version is not None
     after = int(r.data.get("audit_before", 0))
     done = any(e.action == "promote" and e.to_version == r.version for e in ctx.audit_since(after))
-    if not done and ctx.registry.aliases().get(CHAMPION) == r.version:
+    if not done and ctx.read_aliases().get(CHAMPION) == r.version:
         ctx.guard()  # moved without its audit row: the promotion died half-way
         prev = str(r.data.get("champion") or r.previous_version or "?")
         ctx.complete_audit("promote", prev, r.version, PROMOTE_ACTOR, f"shadow verdict: {r.reason}")
@@ -106,7 +106,7 @@ def _rolled_back(ctx: Context, r: Rollout) -> tuple[str, str] | None:
     ]
     if ours:
         return r.version, ours[0].to_version
-    champ = ctx.registry.aliases().get(CHAMPION)
+    champ = ctx.read_aliases().get(CHAMPION)
     explained = any(e.to_version == champ for e in events)  # somebody else's audited move
     if champ is not None and champ != r.version and champ == r.previous_version and not explained:
         ctx.guard()  # the aliases moved back without the audit row: our rollback died half-way
@@ -122,7 +122,7 @@ def roll_back(ctx: Context, r: Rollout) -> bool:
     if done is not None:
         frm, to = done
     else:
-        champ = ctx.registry.aliases().get(CHAMPION)
+        champ = ctx.read_aliases().get(CHAMPION)
         if champ != r.version:
             ctx.guard()
             ctx.rollouts.update(

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mnistops.errors import LeadershipLostError, StoreError
+from mnistops.errors import LeadershipLostError, RegistryError, StoreError
+from mnistops.registry.core import CHAMPION
 
 if TYPE_CHECKING:
     from mnistops.controller.policy import RetrainPolicy
@@ -161,6 +162,18 @@ class Context:
         new = replace(self.cursors, **changes)
         step.put_state(STATE_NAME, new.to_dict())
         return new
+
+    def read_aliases(self) -> dict[str, str]:
+        """The registry's aliases now.
+
+        Raises:
+            RegistryError: no champion alias, which is how an unreachable registry answers too
+                (acting on it would mistake a registry outage for aliases that moved).
+        """
+        aliases = self.registry.aliases()
+        if CHAMPION not in aliases:
+            raise RegistryError("the registry shows no champion (unreachable, or none promoted yet)")
+        return aliases
 
     def last_audit_id(self) -> int:
         """Id of the newest promotion/rollback event (0 without any): effects after it are new."""

@@ -35,6 +35,7 @@ from mnistops.controller.observe import follow_champion, follow_feed
 from mnistops.controller.policy import RetrainPolicy
 from mnistops.controller.retrain import adopt_jobs, follow_job, maybe_retrain
 from mnistops.controller.verdict import ShadowVerdict
+from mnistops.errors import RegistryError
 from mnistops.registry.core import CHAMPION
 from mnistops.store.feed import Feed
 from mnistops.store.jobs import JobQueue
@@ -111,7 +112,11 @@ class Reconciler:
     def _load(self) -> None:
         ctx = self.ctx
         stored = ctx.rollouts.get_state(STATE_NAME)
-        ctx.aliases = ctx.registry.aliases()
+        try:
+            ctx.aliases = ctx.read_aliases()
+        except RegistryError as exc:  # the facts in the store can still be followed
+            log.warning("controller: %s", exc)
+            ctx.aliases = {}
         if stored is not None:
             ctx.cursors = Cursors.from_dict(stored)
             return
@@ -144,19 +149,25 @@ class Reconciler:
         ctx = self.ctx
         ctx.guard()
         self._load()
-        follow_champion(ctx)
+        if ctx.aliases:
+            follow_champion(ctx)
         follow_feed(ctx)
         if ctx.cursors.retrain_due:
             maybe_retrain(ctx)
         adopt_jobs(ctx)
-        adopt_challenger(ctx)
+        if ctx.aliases:  # every rollout step judges aliases: none without the registry's answer
+            adopt_challenger(ctx)
+            if self._advance():  # a promotion or rollback this tick: record it now, not a tick later
+                ctx.aliases = ctx.read_aliases()
+                follow_champion(ctx)
+        ctx.metrics.ticks.inc()
+
+    def _advance(self) -> bool:
+        """Every active rollout takes its step; True if the champion moved."""
         moved = False
-        for r in ctx.rollouts.active():
+        for r in self.ctx.rollouts.active():
             step = STEPS.get(r.state)
             if step is not None:
-                ctx.guard()
-                moved = bool(step(ctx, r)) or moved
-        if moved:  # a promotion or rollback this tick: record it now, not a tick later
-            ctx.aliases = ctx.registry.aliases()
-            follow_champion(ctx)
-        ctx.metrics.ticks.inc()
+                self.ctx.guard()
+                moved = bool(step(self.ctx, r)) or moved
+        return moved

@@ -91,7 +91,7 @@ def follow_job(ctx: Context, r: Rollout) -> None:
     detail = f"job {job.id} {job.state} in {took:.0f}s" + (f": {why}" if why else "")
     made = job.version if job.state == "succeeded" and d.get("challenger") and job.version else None
     # fresh aliases: the worker sets the challenger just before it finishes the job
-    alias = ctx.registry.aliases().get(CHALLENGER) if made else None
+    alias = ctx.read_aliases().get(CHALLENGER) if made else None
     ctx.guard()
     with ctx.rollouts.step() as s:
         key = f"rollout:{r.id}:retrain_finished"
