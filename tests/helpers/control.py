@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 
 from mnistops.errors import PromotionRefusedError, RollbackError, StoreError
 from mnistops.settings import Settings
 from mnistops.store import audit
+from mnistops.store.jobs import JobQueue
 from mnistops.store.predictions import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
 from mnistops.store.records import RetrainJob
+from mnistops.store.schema import retrain_jobs
 
 _IMAGE = np.zeros(784, np.uint8)
 
@@ -97,13 +100,22 @@ def add_traffic(
     store.insert_many(records, shadows)
 
 
+def set_job(store: PredictionStore, job_id: int, **values: Any) -> RetrainJob:
+    """Write job columns as a worker would (straight SQL: whichever queue version is installed)."""
+    with store._tx(write=True) as conn:
+        conn.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(**values))
+    return JobQueue(store).get(job_id)
+
+
 def finish_job(store: PredictionStore, job_id: int, version: str | None, challenger: bool) -> RetrainJob:
     """Run a queued job to its end the way the worker does (version registered, outcome in details)."""
-    store.update_job(job_id, state="running")
+    now = time.time()
     verdict = "challenger" if challenger else "rejected"
     summary = f"version {version} {verdict}: registry gate passed; production gate: test"
     details = {"summary": summary, "version": version, "challenger": challenger}
-    return store.update_job(job_id, state="succeeded", version=version, details=details)
+    return set_job(
+        store, job_id, state="succeeded", started_at=now, finished_at=now, version=version, details=details
+    )
 
 
 # --- an in-memory registry -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from helpers.control import set_job
 from mnistops.errors import ConflictError, NotFoundError
 from mnistops.store.feed import Feed
 from mnistops.store.jobs import JobQueue
@@ -90,6 +91,7 @@ def test_feed_reads_after_a_cursor(store: PredictionStore) -> None:
 
 def test_job_queue_keeps_one_active_job(store: PredictionStore) -> None:
     q = JobQueue(store)
+    assert q.active() is None and q.latest() is None
     results: list[int] = []
 
     def submit(k: int) -> None:
@@ -101,13 +103,13 @@ def test_job_queue_keeps_one_active_job(store: PredictionStore) -> None:
     for t in threads:
         t.join()
     assert len(set(results)) == 1  # concurrent submitters all got the same job
-    job = q.get_job(results[0])
-    assert job.state == "queued" and job.details == {"reason": "drift"}
-    store.update_job(job.id, state="running")
+    job = q.get(results[0])
+    assert job.state == "queued" and job.details == {"reason": "drift"} and q.active() == job
+    set_job(store, job.id, state="running")
     assert q.submit("again").id == job.id
-    store.update_job(job.id, state="succeeded")
+    set_job(store, job.id, state="succeeded")
     second = q.submit("later")
-    assert second.id != job.id and [j.id for j in q.list_jobs()] == [second.id, job.id]
-    assert [j.id for j in q.list_jobs(state="succeeded")] == [job.id]
+    assert second.id != job.id and [j.id for j in q.list()] == [second.id, job.id]
+    assert [j.id for j in q.list(state="succeeded")] == [job.id] and q.latest() == second
     with pytest.raises(NotFoundError):
-        q.get_job(12345)
+        q.get(12345)

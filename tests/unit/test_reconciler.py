@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from helpers.control import FakeRegistry, add_traffic, add_window, finish_job
-from mnistops.controller.context import ControllerMetrics
+from mnistops.controller.metrics import ControllerMetrics
 from mnistops.controller.reconciler import Reconciler
 from mnistops.errors import LeadershipLostError, StoreError
 from mnistops.monitor.alerts.engine import AlertEngine
@@ -109,7 +109,7 @@ def test_alerts_go_on_the_timeline_but_not_the_controllers_own(world: World) -> 
         "DataDrift (warning): drift in window 3",
         {"rule": "DataDrift"},
     )
-    assert JobQueue(world.store).list_jobs() == []  # DataDrift alone does not retrain
+    assert JobQueue(world.store).list() == []  # DataDrift alone does not retrain
 
 
 def _drift_until_retrain(world: World) -> int:
@@ -117,7 +117,7 @@ def _drift_until_retrain(world: World) -> int:
     add_window(world.store, "1", realized=0.9, realized_n=50, drifted=True)
     world.store.open_alert("DataDriftSustained", "critical", "drift for 2 windows")
     world.rec.tick()
-    (job,) = JobQueue(world.store).list_jobs()
+    (job,) = JobQueue(world.store).list()
     assert job.trigger == "alerts:DataDriftSustained" and job.state == "queued"
     return job.id
 
@@ -125,7 +125,7 @@ def _drift_until_retrain(world: World) -> int:
 def test_retrain_shadow_promote_watch_pass(world: World) -> None:
     job_id = _drift_until_retrain(world)
     world.rec.tick()
-    assert len(JobQueue(world.store).list_jobs()) == 1 and len(world.events("retrain_started")) == 1
+    assert len(JobQueue(world.store).list()) == 1 and len(world.events("retrain_started")) == 1
     (started,) = world.events("retrain_started")
     assert started.data == {"job": job_id} and started.detail.startswith(
         f"job {job_id}: DataDriftSustained firing"

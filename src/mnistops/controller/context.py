@@ -14,12 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from mnistops.errors import LeadershipLostError, RegistryError, StoreError
 from mnistops.registry.core import CHAMPION
 
 if TYPE_CHECKING:
+    from mnistops.controller.metrics import ControllerMetrics
     from mnistops.controller.policy import RetrainPolicy
     from mnistops.controller.verdict import ShadowVerdict
     from mnistops.settings import Settings
@@ -36,7 +35,6 @@ __all__ = [
     "ROLLBACK_ACTOR",
     "AlertRaiser",
     "Context",
-    "ControllerMetrics",
     "Cursors",
     "Lease",
     "RegistryOps",
@@ -109,23 +107,6 @@ class Cursors:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return asdict(self)
-
-
-class ControllerMetrics:
-    """The controller's Prometheus series (its own registry, served by the role endpoint)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = self.registry = registry or CollectorRegistry()
-        self.rollbacks = Counter(
-            "mnistops_rollbacks", "Automatic rollbacks by the post-promotion watch.", registry=r
-        )
-        self.promotions = Counter(
-            "mnistops_promotions", "Promotions seen by the controller (its own and forced ones).", registry=r
-        )
-        self.ticks = Counter("mnistops_controller_ticks", "Reconcile ticks run as the leader.", registry=r)
-        self.leader = Gauge(
-            "mnistops_controller_leader", "1 while this controller is the leader.", registry=r
-        )
 
 
 @dataclass

@@ -26,11 +26,11 @@ from mnistops.controller.context import (
     STATE_NAME,
     AlertRaiser,
     Context,
-    ControllerMetrics,
     Cursors,
     Lease,
     RegistryOps,
 )
+from mnistops.controller.metrics import ControllerMetrics
 from mnistops.controller.observe import follow_champion, follow_feed
 from mnistops.controller.policy import RetrainPolicy
 from mnistops.controller.retrain import adopt_jobs, follow_job, maybe_retrain

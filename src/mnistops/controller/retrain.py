@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from mnistops.controller.context import Context
 from mnistops.registry.core import CHALLENGER, CHAMPION
-from mnistops.store.jobs import ACTIVE_JOB_STATES
+from mnistops.store.jobs import ACTIVE_STATES
 
 if TYPE_CHECKING:
     from mnistops.store.records import RetrainJob
@@ -28,18 +28,15 @@ log = logging.getLogger(__name__)
 def maybe_retrain(ctx: Context) -> None:
     """Decide on a retrain now (new alerts or drifted windows were seen); clears ``retrain_due``."""
     ctx.guard()
-    newest = ctx.jobs.list_jobs(limit=1)
-    job = newest[0] if newest else None
-    active = any(ctx.jobs.list_jobs(state=s, limit=1) for s in ACTIVE_JOB_STATES)
+    job = ctx.jobs.latest()
+    active = ctx.jobs.active() is not None
     decision = ctx.policy.should_retrain(
         ctx.store.list_alerts(state="firing", limit=1000),
         ctx.clock(),
         None if job is None else (job.finished_at or job.created_at),
         active,
         ctx.store.count(labelled=True),
-        retry_stale=job is not None
-        and job.state not in ACTIVE_JOB_STATES
-        and not job.details.get("challenger"),
+        retry_stale=job is not None and job.state not in ACTIVE_STATES and not job.details.get("challenger"),
     )
     if not decision:
         log.info("controller: no retrain: %s", decision.reason)
@@ -70,8 +67,8 @@ def _follow(ctx: Context, job: RetrainJob, reason: str) -> None:
 
 def adopt_jobs(ctx: Context) -> None:
     """Follow queued or running jobs that no rollout follows yet."""
-    for state in ACTIVE_JOB_STATES:
-        for job in ctx.jobs.list_jobs(state=state, limit=5):
+    for state in ACTIVE_STATES:
+        for job in ctx.jobs.list(state=state, limit=5):
             if ctx.rollouts.for_job(job.id) is None:
                 ctx.guard()
                 reason = str(job.details.get("reason") or f"trigger {job.trigger}")
@@ -82,8 +79,8 @@ def adopt_jobs(ctx: Context) -> None:
 def follow_job(ctx: Context, r: Rollout) -> None:
     """A ``retraining`` rollout: once its job is done, record it and shadow its challenger, if any."""
     assert r.job_id is not None
-    job = ctx.jobs.get_job(r.job_id)
-    if job.state in ACTIVE_JOB_STATES:
+    job = ctx.jobs.get(r.job_id)
+    if job.state in ACTIVE_STATES:
         return
     d = job.details
     took = (job.finished_at or 0) - (job.started_at or job.created_at)

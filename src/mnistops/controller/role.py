@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from mnistops.controller.context import ControllerMetrics
+from mnistops.controller.metrics import ControllerMetrics
 from mnistops.controller.reconciler import Reconciler
 from mnistops.errors import ConflictError, LeadershipLostError
 from mnistops.runtime import BackgroundService, RoleEndpoint, health_dict, stop_on_signals

@@ -1,4 +1,7 @@
-"""The retrain job queue (``retrain_jobs``): enqueue and read (minimal: claims live with the worker).
+"""The retrain job queue (``retrain_jobs``): enqueue and read.
+
+Minimal version for the controller (submit, get, list, active, latest); the worker's branch brings
+the full queue (claim under a lease, heartbeat, guarded finish) behind the same names.
 
 ``submit`` returns the active (queued or running) job instead of a second one: one retrain at a
 time, system-wide. The check-then-insert is one write transaction (``BEGIN IMMEDIATE`` on SQLite;
@@ -7,6 +10,7 @@ a transaction-scoped advisory lock on PostgreSQL), so two submitters never both 
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from typing import Any
@@ -19,11 +23,11 @@ from mnistops.store.events import _job
 from mnistops.store.records import JobState, RetrainJob
 from mnistops.store.schema import retrain_jobs
 
-__all__ = ["ACTIVE_JOB_STATES", "JobQueue"]
+__all__ = ["ACTIVE_STATES", "JobQueue"]
 
 log = logging.getLogger(__name__)
 J = retrain_jobs.c
-ACTIVE_JOB_STATES: tuple[JobState, ...] = ("queued", "running")
+ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 _PG_SUBMIT_LOCK = 0x6D6E6A62  # advisory lock key: serialises check-then-insert across hosts
 
 
@@ -33,12 +37,15 @@ class JobQueue:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def submit(self, trigger: str, details: dict[str, Any] | None = None) -> RetrainJob:
+    def submit(
+        self, trigger: str, details: dict[str, Any] | None = None, *, unique: bool = True
+    ) -> RetrainJob:
         """Queue a job, or return the one already queued or running.
 
         Args:
             trigger: why (e.g. ``alerts:DataDriftSustained``, ``api:<client>``, ``cli``).
             details: JSON-ready facts stored with the job (e.g. ``{"reason": ...}``).
+            unique: False always inserts (tests).
 
         Raises:
             StoreError: the database is unreachable.
@@ -47,9 +54,9 @@ class JobQueue:
             if not self.db.is_sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SUBMIT_LOCK})
             active = conn.execute(
-                select(retrain_jobs).where(J.state.in_(ACTIVE_JOB_STATES)).order_by(J.id).limit(1)
+                select(retrain_jobs).where(J.state.in_(ACTIVE_STATES)).order_by(J.id).limit(1)
             ).first()
-            if active is not None:
+            if unique and active is not None:
                 job = _job(active)
                 log.info("retrain job %s is %s; not queueing another (%s)", job.id, job.state, trigger)
                 return job
@@ -63,7 +70,7 @@ class JobQueue:
         log.info("queued retrain job %s (trigger %s)", job.id, trigger)
         return job
 
-    def get_job(self, job_id: int) -> RetrainJob:
+    def get(self, job_id: int) -> RetrainJob:
         """One job.
 
         Raises:
@@ -75,10 +82,22 @@ class JobQueue:
             raise NotFoundError(f"retrain job {job_id} not found")
         return _job(row)
 
-    def list_jobs(self, *, state: JobState | None = None, limit: int = 50) -> list[RetrainJob]:
+    def list(self, *, state: JobState | None = None, limit: int = 50) -> builtins.list[RetrainJob]:
         """Jobs, newest first, optionally in one state."""
         q = select(retrain_jobs).order_by(J.id.desc()).limit(limit)
         if state is not None:
             q = q.where(J.state == state)
         with self.db._tx(write=False) as conn:
             return [_job(r) for r in conn.execute(q)]
+
+    def active(self) -> RetrainJob | None:
+        """The queued or running job (the oldest, if several), or None."""
+        q = select(retrain_jobs).where(J.state.in_(ACTIVE_STATES)).order_by(J.id).limit(1)
+        with self.db._tx(write=False) as conn:
+            row = conn.execute(q).first()
+        return None if row is None else _job(row)
+
+    def latest(self) -> RetrainJob | None:
+        """The newest job, or None."""
+        jobs = self.list(limit=1)
+        return jobs[0] if jobs else None
