@@ -47,13 +47,9 @@ class Settings(BaseSettings):
     window_size: int = Field(500, ge=10, description="Predictions per monitoring window.")
     window_step: int | None = Field(None, description="Sliding step; default = window_size.")
     monitor_interval_seconds: float = Field(5.0, gt=0)
-    monitor_in_serve: bool = Field(False, description="Run the monitor inside `serve`.")
     alerts_file: Path | None = Field(None, description="Alert rules YAML; default built-ins.")
     webhook_urls: list[str] = Field(default_factory=list, description="Alert webhook receivers.")
     # --- closed loop -------------------------------------------------------------------
-    loop_in_serve: bool = Field(
-        False, description="Run monitor + closed loop (retrain/shadow/watch) in `serve`."
-    )
     shadow_requests: int = Field(500, ge=0, description="Requests the challenger shadows.")
     shadow_min_labelled: int = Field(50, ge=1, description="Labelled shadowed requests before a verdict.")
     retrain_min_labelled: int = Field(100, ge=0, description="Labelled production inputs needed to retrain.")
