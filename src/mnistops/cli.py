@@ -173,7 +173,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve the champion over HTTP (FastAPI + ONNX Runtime); follows promotions without restart."""
+    """Serve the champion over HTTP (an API replica: FastAPI + ONNX Runtime); follows promotions."""
     import uvicorn
 
     s = _settings()
@@ -195,12 +195,12 @@ monitor_app = typer.Typer(no_args_is_help=True, help="Production monitoring.")
 app.add_typer(monitor_app, name="monitor")
 
 
-def _monitor_runner(metrics: Any = None) -> Any:
+def _monitor_runner() -> Any:
     from mnistops.monitor.runner import MonitorRunner
     from mnistops.store.predictions import PredictionStore
 
     s = _settings()
-    return MonitorRunner(s, PredictionStore(s.database), _registry(), metrics=metrics)
+    return MonitorRunner(s, PredictionStore(s.database), _registry())
 
 
 @monitor_app.command("check")
@@ -216,37 +216,17 @@ def monitor_check(last: Annotated[int, typer.Option(help="Evaluate the last N pr
 
 
 @monitor_app.command("run")
-def monitor_run(
-    metrics_port: Annotated[
-        int, typer.Option(help="Serve Prometheus metrics on this port (0 = off).")
-    ] = 8001,
-) -> None:
-    """Evaluate windows continuously (alerts, gauges); stop with SIGTERM or Ctrl+C."""
-    import signal
-    import threading
+def monitor_run() -> None:
+    """Evaluate windows continuously (windows, alerts, webhooks, /metrics on MNISTOPS_MONITOR_PORT).
 
-    from prometheus_client import start_http_server
+    Stop with SIGTERM or Ctrl+C: the current window finishes, queued webhooks are flushed.
+    """
+    from mnistops.monitor.role import run_monitor
 
-    from mnistops.monitor.metrics import MonitorMetrics
-
-    metrics = MonitorMetrics()
-    if metrics_port:
-        start_http_server(metrics_port, registry=metrics.registry)
-    runner = _monitor_runner(metrics)
-    retention = _retention(runner.store, metrics.registry)  # the monitor knows the windows: prune here
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(f"monitoring {_settings().database} every {_settings().monitor_interval_seconds}s")
-    try:
-        if retention is not None:
-            retention.start()
-        runner.run_forever(stop)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if retention is not None:
-            retention.stop(timeout=30)
-        runner.stop()
+    s = _settings()
+    where = f", /metrics on port {s.monitor_port}" if s.monitor_port else ""
+    console.print(f"monitoring {s.database} every {s.monitor_interval_seconds}s{where}")
+    run_monitor(s)
 
 
 def _retention(store: Any, registry: Any = None) -> Any:
