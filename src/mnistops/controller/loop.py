@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from mnistops.monitor.reports import WindowReport
     from mnistops.monitor.runner import MonitorRunner
     from mnistops.service.state import ServiceState
+    from mnistops.store.jobs import JobQueue
     from mnistops.store.records import AlertEvent
-    from mnistops.worker.jobs import RetrainJobRunner
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ClosedLoop:
     Args:
         state: the service state (store, follower, shadow runner, metrics, registry).
         runner: the monitor runner whose windows and alerts drive the loop.
-        jobs: the retraining job runner.
+        jobs: the retraining job queue (workers run the jobs).
         policy: when alerts warrant a retrain.
         verdict: when a shadowing challenger is promoted or rejected.
         tick_seconds: how often jobs, challenger and champion are checked.
@@ -66,7 +66,7 @@ class ClosedLoop:
         self,
         state: ServiceState,
         runner: MonitorRunner,
-        jobs: RetrainJobRunner,
+        jobs: JobQueue,
         policy: RetrainPolicy,
         verdict: ShadowVerdict,
         tick_seconds: float = 1.0,
@@ -129,18 +129,21 @@ class ClosedLoop:
 
     def _maybe_retrain(self) -> None:
         store = self.state.store
+        last = self.jobs.latest()
         decision = self.policy.should_retrain(
             self.runner.engine.firing(),
             time.time(),
-            self.jobs.last_job_time(),
-            self.jobs.active_job() is not None,
+            None if last is None else (last.finished_at or last.created_at),
+            self.jobs.active() is not None,
             store.count(labelled=True),
-            retry_stale=self.jobs.retry_due(),
+            retry_stale=last is not None
+            and last.state in ("succeeded", "failed")
+            and not last.details.get("challenger"),
         )
         if not decision:
             log.info("loop: no retrain: %s", decision.reason)
             return
-        job_id = self.jobs.start_async(f"alerts:{','.join(decision.rules)}", {"reason": decision.reason})
+        job_id = self.jobs.submit(f"alerts:{','.join(decision.rules)}", {"reason": decision.reason}).id
         self._job_states[job_id] = "queued"
         self.record("retrain_started", f"job {job_id}: {decision.reason}", data={"job": job_id})
 
@@ -220,7 +223,7 @@ class ClosedLoop:
 
     def _follow_jobs(self) -> None:
         for job_id, old in list(self._job_states.items()):
-            job = self.state.store.get_job(job_id)
+            job = self.jobs.get(job_id)
             if job.state == old:
                 continue
             self._job_states[job_id] = job.state
@@ -297,11 +300,10 @@ class ClosedLoop:
 def attach_loop(state: ServiceState) -> ClosedLoop:
     """Run monitor + closed loop inside the service (``create_app(on_start=attach_loop)``)."""
     from mnistops.monitor.runner import attach_to_service
-    from mnistops.worker.jobs import RetrainJobRunner
+    from mnistops.store.jobs import JobQueue
 
     runner = attach_to_service(state)
-    reg = state.registry_ops
-    jobs = RetrainJobRunner(state.settings, state.store, reg, epoch_size=state.settings.retrain_epoch_size)
+    jobs = JobQueue(state.store)
     s = state.settings
     loop = ClosedLoop(
         state,

@@ -12,6 +12,7 @@ from mnistops.errors import FeatureDisabledError
 from mnistops.service.deps import AdminDep, StateDep
 from mnistops.service.routes.predict import ERRORS
 from mnistops.service.schemas import AliasChangeOut, PromoteIn, RollbackIn
+from mnistops.store.jobs import JobQueue
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -49,7 +50,7 @@ class RetrainIn(BaseModel):
 
 
 class RetrainOut(BaseModel):
-    """The job that runs (an already active job is returned instead of a second one)."""
+    """The queued job (an already active job is returned instead of a second one)."""
 
     job_id: int
     state: str
@@ -57,14 +58,6 @@ class RetrainOut(BaseModel):
 
 @router.post("/retrain", response_model=RetrainOut, responses=ERRORS)
 async def retrain(body: RetrainIn, state: StateDep, actor: AdminDep) -> RetrainOut:
-    """Queue a retraining job (one at a time) and run it in the background."""
-    reg = _registry(state)
-    jobs = state.loop.jobs if state.loop is not None else None
-    if jobs is None:
-        from mnistops.worker.jobs import RetrainJobRunner
-
-        epoch = state.settings.retrain_epoch_size
-        jobs = RetrainJobRunner(state.settings, state.store, reg, epoch_size=epoch)
-    job_id = await run_in_threadpool(jobs.start_async, f"api:{actor}", {"reason": body.reason})
-    job = await run_in_threadpool(state.store.get_job, job_id)
-    return RetrainOut(job_id=job_id, state=job.state)
+    """Queue a retraining job for the workers (one at a time: an active job is returned instead)."""
+    job = await run_in_threadpool(JobQueue(state.store).submit, f"api:{actor}", {"reason": body.reason})
+    return RetrainOut(job_id=job.id, state=job.state)
