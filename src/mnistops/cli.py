@@ -285,9 +285,13 @@ def worker_run(
 ) -> None:
     """Claim queued retrain jobs and run them at low CPU priority; stop with SIGTERM or Ctrl+C."""
     from mnistops.errors import JobError
+    from mnistops.worker.priority import lower_priority
+
+    s = _settings()
+    lower_priority(s.worker_nice)  # before numpy/torch start threads: they inherit it
     from mnistops.worker import run_worker
 
-    job = run_worker(_settings(), once=once)
+    job = run_worker(s, once=once)
     if once and job is not None and job.state != "succeeded":
         raise JobError(job.error or f"job {job.id} {job.state}")
 
@@ -332,6 +336,9 @@ def retrain(
         queued = JobQueue(PredictionStore(s.database)).submit(trigger)
         console.print(queued.id)
         return
+    from mnistops.worker.priority import lower_priority
+
+    lower_priority(s.worker_nice)  # trains like a worker: before numpy/torch start threads
     from mnistops.worker.role import retrain_now
 
     job = retrain_now(s, trigger)

@@ -2,138 +2,38 @@
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from helpers.retrain import (
+    TINY,
+    FakeRegistry,
+    FakeTrainer,
+    fill_store,
+    make_rig,
+    model_dir,
+    production_image,
+    tiny_mnist,
+)
 from mnistops.gates.report import CheckResult, GateReport
-from mnistops.settings import Settings
-from mnistops.store.jobs import JobQueue
-from mnistops.store.predictions import PredictionRecord, PredictionStore
-from mnistops.training.data import Mnist, Split
-from mnistops.training.model import MnistNet, ModelConfig, save_model
+from mnistops.store.predictions import PredictionStore
+from mnistops.training.data import Mnist
 from mnistops.worker import jobs as retrain
-from mnistops.worker.execute import run_claimed
-from mnistops.worker.jobs import RetrainJobRunner
-from mnistops.worker.seams import JOB_TAG
+from mnistops.worker.seams import JOB_KEY_TAG, JOB_TAG, job_key
 from mnistops.worker.steps import (
     FINETUNE_MAX_LR,
     ProductionGateConfig,
     ProductionGateResult,
-    RetrainRecipe,
     clean_accuracies,
     holdout_mask,
     mix_training_set,
     production_gate,
 )
-
-TINY = ModelConfig(c1=2, c2=2, c3=2, c4=2, c5=2, c6=2, c7=4)
-
-
-def _model_dir(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    save_model(MnistNet(TINY), path / "model.pt")
-    (path / "metrics.json").write_text(json.dumps({"test_accuracy": 0.1}))
-    return path
-
-
-@pytest.fixture
-def tiny_mnist() -> Mnist:
-    """5,200 blank training images (200 after the 5k validation split) and 50 test images."""
-    g = torch.Generator().manual_seed(0)
-    return Mnist(
-        train_images=torch.zeros(5200, 28, 28, dtype=torch.uint8),
-        train_labels=torch.randint(0, 10, (5200,), generator=g),
-        test_images=torch.randint(0, 256, (50, 28, 28), generator=g).to(torch.uint8),
-        test_labels=torch.randint(0, 10, (50,), generator=g),
-        md5="tiny",
-    )
-
-
-def _production_image(i: int) -> np.ndarray:
-    """A distinctive non-blank image whose first two pixels encode ``i``."""
-    img = np.full((28, 28), 255, np.uint8)
-    img[0, 0], img[0, 1] = i // 256, i % 256
-    return img
-
-
-def _fill_store(store: PredictionStore, n: int) -> list[str]:
-    probs = np.full(10, 0.1, np.float32)
-    recs = [PredictionRecord.create(_production_image(i), probs, "1", 1.0, ts=1000.0 + i) for i in range(n)]
-    store.insert_many(recs)
-    for i, r in enumerate(recs):
-        store.add_feedback(r.id, i % 10)
-    return [r.id for r in recs]
-
-
-@dataclass
-class FakeRegistry:
-    """Registry stand-in: version "1" is the champion (if any); registered versions keep their tags."""
-
-    champion_dir: Path | None
-    gate_passes: bool = True
-    registered: list[Path] = field(default_factory=list)
-    tags: dict[str, dict[str, str]] = field(default_factory=dict)
-    gate_calls: int = 0
-    challengers: list[str] = field(default_factory=list)
-
-    def alias_version(self, alias: str) -> str | None:
-        return "1" if alias == "champion" and self.champion_dir is not None else None
-
-    def download(self, version: str) -> Path:
-        if version == "1" and self.champion_dir is not None:
-            return self.champion_dir
-        return self.registered[int(version) - 2]
-
-    def search_versions(self, extra_filter: str = "") -> list[SimpleNamespace]:
-        key, value = re.fullmatch(r"tags\.`(.+)` = '(.*)'", extra_filter).groups()  # type: ignore[union-attr]
-        hits = [v for v, t in self.tags.items() if t.get(key) == value]
-        return [SimpleNamespace(version=v, run_id=f"run-{v}") for v in hits]
-
-    def register(self, model_dir: Path, run_id: Any = None, mnist: Any = None, profile: bool = True,
-                 tags: dict[str, str] | None = None) -> str:  # fmt: skip
-        if run_id is not None and run_id.startswith("run-"):  # re-registering a version: idempotent
-            return run_id[4:]
-        self.registered.append(model_dir)
-        version = str(1 + len(self.registered))
-        self.tags[version] = dict(tags or {})
-        return version
-
-    def gate(self, version: str, mnist: Any = None) -> Any:
-        self.gate_calls += 1
-        failed = [] if self.gate_passes else ["test_accuracy"]
-        return SimpleNamespace(passed=self.gate_passes, failed_checks=failed, champion=None, checks=[])
-
-    def set_challenger(self, version: str) -> None:
-        self.challengers.append(version)
-
-
-class FakeTrainer:
-    """Stands in for run_training: records its inputs, writes a tiny model folder, may block or fail."""
-
-    def __init__(self, fail: bool = False, block: bool = False) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.fail, self.started, self.release = fail, threading.Event(), threading.Event()
-        if not block:
-            self.release.set()
-
-    def __call__(self, cfg: Any, settings: Any, out_dir: Path, split: Split, **kw: Any) -> Any:
-        self.calls.append({"cfg": cfg, "split": split, "out_dir": out_dir, **kw})
-        self.started.set()
-        assert self.release.wait(30)
-        if self.fail:
-            raise RuntimeError("loss is NaN")
-        _model_dir(out_dir, seed=1)
-        return SimpleNamespace(out_dir=out_dir, metrics={"run_id": "r1", "test_accuracy": 0.1})
 
 
 @pytest.fixture
@@ -143,31 +43,10 @@ def store(tmp_path: Path) -> Iterator[PredictionStore]:
     s.close()
 
 
-@dataclass
-class Rig:
-    """A runner over a real job queue, with its fakes."""
-
-    settings: Settings
-    queue: JobQueue
-    runner: RetrainJobRunner
-    trainer: FakeTrainer
-    reg: FakeRegistry
-
-    def run(self, trigger: str = "manual", owner: str = "w1", **kw: Any) -> Any:
-        """Queue (or reuse the active job), claim as ``owner`` and run it; the finished job or None."""
-        job = self.queue.submit(trigger)
-        claimed = self.queue.claim(owner, self.settings.job_lease_seconds, job_id=job.id)
-        assert claimed is not None
-        return run_claimed(self.queue, self.runner, claimed, owner, self.settings, **kw)
-
-
-def _rig(tmp_path: Path, store: PredictionStore, mnist: Mnist, trainer: FakeTrainer, reg: FakeRegistry,
-         **settings: Any) -> Rig:  # fmt: skip
-    s = Settings(home=tmp_path / "home", retrain_production_share=0.3, **settings)
-    recipe = RetrainRecipe(epoch_size=100, gate=ProductionGateConfig(min_rows=5))
-    fake: Any = reg  # duck-typed stand-in for mnistops.registry.core.Registry
-    runner = RetrainJobRunner(s, store, fake, recipe=recipe, mnist=mnist, train_fn=trainer)
-    return Rig(s, JobQueue(store), runner, trainer, reg)
+@pytest.fixture(name="tiny_mnist")
+def tiny_mnist_fixture() -> Mnist:
+    """5,200 blank training images (200 after the 5k validation split) and 50 test images."""
+    return tiny_mnist()
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -195,8 +74,8 @@ def test_mix_training_set_share_and_constant_epoch() -> None:
 
 # --- production gate with real (tiny) models -----------------------------------------------------------
 def test_production_gate_identical_models_tie_and_fail(tmp_path: Path, tiny_mnist: Mnist) -> None:
-    champ, chal = _model_dir(tmp_path / "a", seed=0), _model_dir(tmp_path / "b", seed=0)
-    images = np.stack([_production_image(i) for i in range(40)])
+    champ, chal = model_dir(tmp_path / "a", seed=0), model_dir(tmp_path / "b", seed=0)
+    images = np.stack([production_image(i) for i in range(40)])
     cfg = ProductionGateConfig(min_rows=10)
     r = production_gate(chal, champ, images, np.arange(40) % 10, tiny_mnist, cfg)
     assert not r.passed and (r.b, r.c) == (0, 0) and r.clean_drop == 0.0 and r.n == 40
@@ -219,8 +98,8 @@ def test_clean_accuracies_reused_from_the_registry_gate() -> None:
 def test_job_succeeds_and_records_everything(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
 ) -> None:
-    ids = _fill_store(store, 100)
-    rig = _rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(_model_dir(tmp_path / "champ")))
+    ids = fill_store(store, 100)
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
     job = rig.run()
     assert job is not None and job.state == "succeeded", job and job.error
     assert job.attempts == 1 and job.finished_at is not None and job.finished_at >= (job.started_at or 0)
@@ -235,11 +114,12 @@ def test_job_succeeds_and_records_everything(
     call = rig.trainer.calls[0]
     assert call["init"] is not None and call["cfg"].max_lr == FINETUNE_MAX_LR and call["cfg"].model == TINY
     assert call["tags"][JOB_TAG] == str(job.id) and rig.reg.tags["2"][JOB_TAG] == str(job.id)
+    assert rig.reg.tags["2"][JOB_KEY_TAG] == job_key(job)
 
 
 def test_held_out_rows_never_trained_on(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
-    ids = _fill_store(store, 100)
-    rig = _rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(None))
+    ids = fill_store(store, 100)
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(None))
     assert rig.run().state == "succeeded"
     x: torch.Tensor = rig.trainer.calls[0]["split"].train_x
     prod = x[x.flatten(1).amax(1) == 255]  # production images are the only non-blank ones
@@ -252,10 +132,10 @@ def test_held_out_rows_never_trained_on(tmp_path: Path, store: PredictionStore, 
 def test_passing_gates_set_the_challenger(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fill_store(store, 50)
+    fill_store(store, 50)
     ok = ProductionGateResult(True, "significantly better", 10, 0.5, 0.9, 0.001)
     monkeypatch.setattr(retrain, "production_gate", lambda *a, **k: ok)
-    rig = _rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(_model_dir(tmp_path / "champ")))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
     job = rig.run("drift")
     assert job.details["challenger"] is True and job.details["outcome"] == "challenger"
     assert rig.reg.challengers == ["2"]
@@ -266,8 +146,8 @@ def test_passing_gates_set_the_challenger(
 
 
 def test_scratch_mode_trains_from_scratch(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
-    reg = FakeRegistry(_model_dir(tmp_path / "champ"))
-    rig = _rig(tmp_path, store, tiny_mnist, FakeTrainer(), reg, retrain_mode="scratch")
+    reg = FakeRegistry(model_dir(tmp_path / "champ"))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), reg, retrain_mode="scratch")
     job = rig.run("schedule")
     assert job.state == "succeeded" and job.details["mode"] == "scratch"
     assert rig.trainer.calls[0]["init"] is None and rig.trainer.calls[0]["cfg"].max_lr != FINETUNE_MAX_LR
@@ -275,7 +155,7 @@ def test_scratch_mode_trains_from_scratch(tmp_path: Path, store: PredictionStore
 
 
 def test_failed_job_records_error_and_log(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
-    rig = _rig(tmp_path, store, tiny_mnist, FakeTrainer(fail=True), FakeRegistry(None))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(fail=True), FakeRegistry(None))
     job = rig.run()
     assert job.state == "failed" and job.error == "RuntimeError: loss is NaN"
     assert "Traceback" in job.log and "loss is NaN" in job.log and job.finished_at is not None
@@ -286,27 +166,29 @@ def test_failed_job_records_error_and_log(tmp_path: Path, store: PredictionStore
 def test_rerun_finds_the_jobs_version_instead_of_training_again(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fill_store(store, 50)
+    fill_store(store, 50)
     ok = ProductionGateResult(True, "significantly better", 10, 0.5, 0.9, 0.001)
     monkeypatch.setattr(retrain, "production_gate", lambda *a, **k: ok)
-    rig = _rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(_model_dir(tmp_path / "champ")))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
     job = rig.queue.submit("drift")
     # an earlier attempt registered version 2 for this job, then its worker died (lease expired)
-    rig.reg.register(_model_dir(tmp_path / "earlier"), tags={JOB_TAG: str(job.id)})
+    rig.reg.register(model_dir(tmp_path / "other-store"), tags={JOB_TAG: str(job.id), JOB_KEY_TAG: "1-0"})
+    rig.reg.register(model_dir(tmp_path / "earlier"), tags={JOB_TAG: str(job.id), JOB_KEY_TAG: job_key(job)})
     assert rig.queue.claim("dead", 0.05) is not None
     threading.Event().wait(0.2)
     done = rig.run("drift", owner="w2")
-    assert done.state == "succeeded" and done.attempts == 2 and done.version == "2"
-    assert rig.trainer.calls == [] and len(rig.reg.registered) == 1  # not trained, not registered again
-    assert rig.reg.challengers == ["2"] and "registered for this job by an earlier attempt" in done.log
+    # version 2 has the same job id from another store sharing the registry: not this job's
+    assert done.state == "succeeded" and done.attempts == 2 and done.version == "3"
+    assert rig.trainer.calls == [] and len(rig.reg.registered) == 2  # not trained, not registered again
+    assert rig.reg.challengers == ["3"] and "registered for this job by an earlier attempt" in done.log
 
 
 def test_rerun_reuses_recorded_gate_verdicts(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
 ) -> None:
-    rig = _rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(_model_dir(tmp_path / "champ")))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
     job = rig.queue.submit("drift")
-    rig.reg.register(_model_dir(tmp_path / "earlier"), tags={JOB_TAG: str(job.id)})
+    rig.reg.register(model_dir(tmp_path / "earlier"), tags={JOB_KEY_TAG: job_key(job)})
     gate = {"version": "2", "passed": True, "failed_checks": [], "champion": "1", "clean_accs": None}
     pg = {"version": "2", "champion": "1", "passed": True, "reason": "significantly better (recorded)"}
     rig.queue.update(job.id, details={"gate": gate, "production_gate": pg})  # recorded, then the worker died
@@ -322,7 +204,7 @@ def test_lease_lost_while_training_abandons_without_writing(
 ) -> None:
     trainer = FakeTrainer(block=True)
     # a long heartbeat interval: the loss is noticed at the next write (the registration)
-    rig = _rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None),
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None),
                job_lease_seconds=0.3, job_heartbeat_seconds=30)  # fmt: skip
 
     def steal() -> None:
@@ -342,7 +224,7 @@ def test_lease_lost_while_training_abandons_without_writing(
 
 def test_lease_lost_interrupts_training(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
     trainer = FakeTrainer(block=True)  # would block for 30 s
-    rig = _rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
 
     def steal() -> None:
         assert trainer.started.wait(30)
@@ -361,7 +243,7 @@ def test_stop_hands_a_running_job_back_after_the_grace(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
 ) -> None:
     trainer = FakeTrainer(block=True)
-    rig = _rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
     stop = threading.Event()
     threading.Thread(target=lambda: trainer.started.wait(30) and stop.set()).start()
     assert rig.run(stop=stop, grace=0.2) is None
@@ -374,7 +256,7 @@ def test_stop_lets_a_job_finish_within_the_grace(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
 ) -> None:
     trainer = FakeTrainer(block=True)
-    rig = _rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
     stop = threading.Event()
 
     def stop_then_finish() -> None:

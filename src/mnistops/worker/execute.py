@@ -22,7 +22,9 @@ import traceback
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from mnistops.errors import LeaseLostError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from mnistops.errors import LeaseLostError, StoreError
 from mnistops.runtime import BackgroundService
 
 if TYPE_CHECKING:
@@ -217,6 +219,15 @@ def run_claimed(
 
 def _run_body(queue: JobQueue, runner: RetrainJobRunner, ctx: JobContext, interrupt: _MainInterrupt) -> None:
     job, owner = ctx.job, ctx.owner
+    # the outcome survives a database blip: retried while the lease lasts (the keeper still
+    # heartbeats); after that another worker's re-run finishes the job from the recorded steps
+    durable = retry(
+        retry=retry_if_exception_type(StoreError),
+        wait=wait_exponential(multiplier=0.2, max=5.0),
+        stop=stop_after_delay(ctx.lease_seconds),
+        reraise=True,
+    )
+    finish = durable(queue.finish)
     try:
         with interrupt:
             details = runner.run(ctx)
@@ -226,10 +237,8 @@ def _run_body(queue: JobQueue, runner: RetrainJobRunner, ctx: JobContext, interr
     except Exception as exc:
         log.error("retrain job %s failed: %s: %s", job.id, type(exc).__name__, exc)
         tb = ctx.capture.take() + traceback.format_exc()
-        queue.finish(job.id, owner, "failed", error=f"{type(exc).__name__}: {exc}", append_log=tb)
+        finish(job.id, owner, "failed", error=f"{type(exc).__name__}: {exc}", append_log=tb)
         return
     line = f"{time.strftime('%H:%M:%S')} +{time.monotonic() - ctx.t0:6.1f}s {details['summary']}\n"
     version = details.get("version")
-    queue.finish(
-        job.id, owner, "succeeded", version=version, details=details, append_log=ctx.capture.take() + line
-    )
+    finish(job.id, owner, "succeeded", version=version, details=details, append_log=ctx.capture.take() + line)

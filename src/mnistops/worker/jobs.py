@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from mnistops.registry.core import CHAMPION
 from mnistops.store.lock import locked
-from mnistops.worker.seams import JOB_TAG, JobSink, RetrainRegistry
+from mnistops.worker.seams import JOB_KEY_TAG, JOB_TAG, JobSink, RetrainRegistry, job_key
 from mnistops.worker.steps import (
     ProductionGateResult,
     RetrainRecipe,
@@ -191,14 +191,15 @@ class RetrainJobRunner:
     ) -> tuple[str, Path, dict[str, Any]]:
         """(version, model folder, training facts): the job's registered version, else train one."""
         job = ctx.job
-        tags = {JOB_TAG: str(job.id), "mnistops.trigger": job.trigger, "mnistops.mode": prep.mode}
-        found = self._job_version(job.id)
+        tags = {JOB_TAG: str(job.id), JOB_KEY_TAG: job_key(job), "mnistops.trigger": job.trigger,
+                "mnistops.mode": prep.mode}  # fmt: skip
+        found = self._job_version(job)
         if found is None:
             with _timed(timings, "train_s"):
                 res, train = self._train(ctx, prep, tags)
             with _timed(timings, "register_s"), locked(self.settings, REGISTER_LOCK):
                 ctx.confirm_lease()  # a worker whose lease lapsed while training must not register
-                found = self._job_version(job.id)  # registered meanwhile by a worker re-running the job
+                found = self._job_version(job)  # registered meanwhile by a worker re-running the job
                 if found is None:
                     run_id = res.metrics.get("run_id")
                     version = self.registry.register(res.out_dir, run_id=run_id, mnist=prep.mnist, tags=tags)
@@ -284,13 +285,13 @@ class RetrainJobRunner:
         return rec
 
     # --- lookups ----------------------------------------------------------------------------
-    def _job_version(self, job_id: int) -> tuple[str, str | None] | None:
+    def _job_version(self, job: RetrainJob) -> tuple[str, str | None] | None:
         """(version, run id) registered for this job, or None."""
-        found = self.registry.search_versions(f"tags.`{JOB_TAG}` = '{int(job_id)}'")
+        found = self.registry.search_versions(f"tags.`{JOB_KEY_TAG}` = '{job_key(job)}'")
         if not found:
             return None
         if len(found) > 1:  # not produced by this code (registering is serialised); keep the first
-            log.warning("job %s has %d registered versions; using the oldest", job_id, len(found))
+            log.warning("job %s has %d registered versions; using the oldest", job.id, len(found))
         mv = min(found, key=lambda m: int(str(m.version)))
         return str(mv.version), mv.run_id
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from mnistops.errors import StoreError
@@ -24,14 +27,14 @@ from mnistops.runtime import RoleEndpoint, stop_on_signals
 from mnistops.store.jobs import JobQueue
 from mnistops.worker.execute import run_claimed
 from mnistops.worker.metrics import WorkerMetrics
+from mnistops.worker.priority import prepare_process
 
 if TYPE_CHECKING:
     from mnistops.settings import Settings
     from mnistops.store.records import RetrainJob
     from mnistops.worker.jobs import RetrainJobRunner
-    from mnistops.worker.seams import RetrainRegistry
 
-__all__ = ["Worker", "prepare_process", "retrain_now", "run_worker", "worker_owner"]
+__all__ = ["Worker", "follow", "retrain_now", "run_worker", "worker_owner"]
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +44,13 @@ def worker_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def prepare_process(settings: Settings) -> None:
-    """Lower the CPU priority to ``worker_nice`` and give torch the CPUs this process may use.
-
-    Call first thing in the process: on Linux the nice value is per thread and new threads inherit
-    it, so torch's pool and every later thread start at the lower priority.
-    """
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if current < settings.worker_nice:
-        os.nice(settings.worker_nice - current)
-    import torch
-
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    pkg = logging.getLogger("mnistops")
-    if pkg.getEffectiveLevel() > logging.INFO:  # the job log captures INFO records
-        pkg.setLevel(logging.INFO)
-
-
-def _runner(settings: Settings, registry: RetrainRegistry | None = None) -> RetrainJobRunner:
+def _runner(settings: Settings) -> RetrainJobRunner:
+    from mnistops.registry.core import Registry, configure
     from mnistops.store.predictions import PredictionStore
     from mnistops.worker.jobs import RetrainJobRunner
 
-    if registry is None:
-        from mnistops.registry.core import Registry, configure
-
-        configure(settings)  # training tracks its run in the same MLflow store
-        registry = Registry(settings)
-    return RetrainJobRunner(settings, PredictionStore(settings.database), registry)
+    configure(settings)  # training tracks its run in the same MLflow store
+    return RetrainJobRunner(settings, PredictionStore(settings.database), Registry(settings))
 
 
 class Worker:
@@ -140,7 +123,7 @@ def run_worker(settings: Settings, *, once: bool = False) -> RetrainJob | None:
     Returns:
         The last job this worker finished, if any.
     """
-    prepare_process(settings)
+    prepare_process(settings.worker_nice)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -166,15 +149,15 @@ def retrain_now(
     trigger: str,
     details: dict[str, Any] | None = None,
     *,
-    registry: RetrainRegistry | None = None,
+    runner: RetrainJobRunner | None = None,
 ) -> RetrainJob:
     """Queue a job and run it in this process, claimed exactly as a worker claims it.
 
     If a job is already active, that one is the result: run here if it is claimable, otherwise
     (another worker runs it) followed until it ends. Ctrl+C hands a running job back to the queue.
     """
-    prepare_process(settings)
-    runner = _runner(settings, registry)
+    prepare_process(settings.worker_nice)
+    runner = runner or _runner(settings)
     queue = JobQueue(runner.store)
     job = queue.submit(trigger, details)
     owner = worker_owner()
@@ -183,8 +166,22 @@ def retrain_now(
     if claimed is None:
         return follow(queue, job.id, s.worker_poll_seconds)
     stop = threading.Event()
-    stop_on_signals(stop)
-    return run_claimed(queue, runner, claimed, owner, s, stop=stop) or queue.get(job.id)
+    with _stop_on_signals(stop):
+        return run_claimed(queue, runner, claimed, owner, s, stop=stop) or queue.get(job.id)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """:func:`stop_on_signals` for a block (a command inside a bigger program restores its handlers)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    if main:
+        stop_on_signals(stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def follow(queue: JobQueue, job_id: int, poll: float) -> RetrainJob:

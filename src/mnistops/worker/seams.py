@@ -11,9 +11,17 @@ if TYPE_CHECKING:
     from mnistops.store.records import RetrainJob
     from mnistops.training.data import Mnist
 
-__all__ = ["JOB_TAG", "JobSink", "ModelVersionLike", "RetrainRegistry"]
+__all__ = ["JOB_KEY_TAG", "JOB_TAG", "JobSink", "ModelVersionLike", "RetrainRegistry", "job_key"]
 
-JOB_TAG = "mnistops.retrain_job"  # version tag: the job that registered it
+JOB_TAG = "mnistops.retrain_job"  # version tag: id of the job that registered it (for people)
+# version tag the re-run looks up: job ids repeat across stores that share one registry (a store
+# recreated, a staging and a production store), the id with the job's creation time does not
+JOB_KEY_TAG = "mnistops.retrain_job_key"
+
+
+def job_key(job: RetrainJob) -> str:
+    """``<id>-<created_at in µs>``: identifies a job across every store sharing a registry."""
+    return f"{job.id}-{round(job.created_at * 1e6)}"
 
 
 class ModelVersionLike(Protocol):
