@@ -190,6 +190,12 @@ class JobError(MnistopsError):
     code = "job_error"
 
 
+class LeaseLostError(JobError):
+    """This worker no longer holds the job's lease (it expired and another worker may run it)."""
+
+    code = "lease_lost"
+
+
 class DriftDetectedError(MnistopsError):
     """`monitor check` found drift (non-zero exit for CI)."""
 
