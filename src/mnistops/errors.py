@@ -168,6 +168,12 @@ class StoreError(MnistopsError):
     code = "store_unavailable"
 
 
+class JournalError(StoreError):
+    """The replica's local prediction journal refused a write (disk full, I/O error): not accepted."""
+
+    code = "journal_unavailable"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 

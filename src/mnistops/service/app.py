@@ -156,9 +156,11 @@ def create_app(
         store = PredictionStore(settings.database)
         logger = PredictionLogger(
             store,
-            settings.spill_path,
+            settings.journal_dir,
+            durability=settings.durability,
             batch_size=settings.log_batch_size,
             flush_seconds=settings.log_flush_seconds,
+            segment_bytes=settings.journal_segment_bytes,
         )
 
         def on_change(old: Any, new: Any) -> None:
@@ -213,7 +215,7 @@ def create_app(
             follower.stop()
             if state.shadow is not None:
                 state.shadow.stop()
-            logger.close()  # flush: nothing accepted is lost
+            logger.close()  # commit what the store takes; the rest stays journaled for the next start
             store.close()
             app.state.service = None
 
