@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from mnistops.errors import JournalError, NotFoundError, StoreError
 from mnistops.service import journal as journal_mod
+from mnistops.service import log_writer
 from mnistops.service.journal_format import encode_framed
 from mnistops.service.logger import PredictionLogger
 from mnistops.store.predictions import PredictionRecord, PredictionStore, ShadowRecord
@@ -203,13 +204,17 @@ def test_close_during_outage_leaves_the_journal_for_the_next_start(store_url: st
     logger.close()  # does not wait out the 10 s backoff
     assert store.count() == 0 and wal_files(tmp_path / "j")
 
-    store.down.clear()  # next process start: the leftover segment is replayed first
-    logger2 = PredictionLogger(store, tmp_path / "j")
-    assert logger2.is_pending(recs[0].id)  # known before the replay, so feedback works
+    # next process start, the store still down: the leftover rows are known before any replay
+    logger2 = PredictionLogger(store, tmp_path / "j", min_backoff=0.02, max_backoff=0.05)
+    assert logger2.is_pending(recs[0].id) and logger2.spill_backlog == 31
+    assert logger2.add_feedback(recs[4].id, 1) == "recorded"  # its prediction is only on disk
+    assert logger2.add_feedback(recs[3].id, 9) == "unchanged"  # the journaled label counts
+    store.down.clear()  # the leftover segment is replayed first, then the new feedback
     assert logger2.flush(timeout=20)
     logger2.close()
     assert sorted(stored_ids(store)) == sorted(r.id for r in recs)
-    assert store.get(recs[3].id).true_label == 9 and wal_files(tmp_path / "j") == []
+    assert store.get(recs[3].id).true_label == 9 and store.get(recs[4].id).true_label == 1
+    assert wal_files(tmp_path / "j") == []
 
 
 def test_segments_rotate_and_are_deleted_once_committed(store: PredictionStore, tmp_path: Path) -> None:
@@ -221,6 +226,23 @@ def test_segments_rotate_and_are_deleted_once_committed(store: PredictionStore, 
     assert wait_for(lambda: len(wal_files(tmp_path / "j")) <= 1)  # only the active segment is left
     logger.close()
     assert sorted(stored_ids(store)) == sorted(r.id for r in recs)
+
+
+def test_a_writer_far_behind_reads_back_from_the_journal_instead_of_growing(
+    store: PredictionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log_writer, "MAX_QUEUED_ROWS", 10)
+    logger = PredictionLogger(store, tmp_path / "j", batch_size=10_000, flush_seconds=60)
+    recs = records(100)
+    peak = 0
+    for r in recs:
+        logger.log_blocking([r])
+        peak = max(peak, logger.queue_depth)
+    assert peak <= 11  # the in-memory copy stays bounded
+    assert logger.flush(timeout=20)
+    logger.close()
+    assert stored_ids(store) == [r.id for r in recs]  # all, once, still in order
+    assert logger.write_errors == 0 and wal_files(tmp_path / "j") == []
 
 
 def test_dead_siblings_slots_are_taken_over_and_replayed(store: PredictionStore, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ a closed segment is deleted once every row in it is committed (:meth:`Journal.re
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -26,8 +27,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from filelock import FileLock, Timeout
 
 from mnistops.errors import JournalError
 from mnistops.runtime import BackgroundService
@@ -74,6 +73,29 @@ def _segments(slot: Path) -> list[Path]:
     return sorted(slot.glob("*.wal"), key=_number)
 
 
+def _try_lock(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created if missing): its fd, or None if held elsewhere.
+
+    Plain ``flock`` on purpose: the kernel drops it when the holder dies, however it dies, which
+    is what tells a restarted process that a slot's leftovers are its to replay. (filelock would
+    silently fall back to a lock file that a SIGKILL leaves behind on file systems without flock.)
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    os.close(fd)  # closing the only descriptor releases the flock
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -97,8 +119,8 @@ class Journal:
         self.root, self.fsync, self.segment_bytes = Path(root), fsync, segment_bytes
         self._on_write = on_write
         self._lock = threading.Lock()
-        self._slot_lock: FileLock | None = None
-        self._orphans: dict[Path, tuple[FileLock, set[Path]]] = {}  # adopted slot -> (lock, segments left)
+        self._slot_lock: int | None = None  # fd holding the flock of our slot
+        self._orphans: dict[Path, tuple[int, set[Path]]] = {}  # adopted slot -> (lock fd, segments left)
         self.slot = Path()
         self._closed: list[Segment] = []  # own closed segments not yet released
         self._number = 0
@@ -121,10 +143,8 @@ class Journal:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             for k in range(MAX_SLOTS):
-                lock = FileLock(str(self.root / f"{k}.lock"), timeout=0)
-                try:
-                    lock.acquire()
-                except Timeout:
+                lock = _try_lock(self.root / f"{k}.lock")
+                if lock is None:
                     continue
                 self._slot_lock, self.slot = lock, self.root / str(k)
                 break
@@ -143,17 +163,12 @@ class Journal:
 
     def _adopt_orphans(self) -> list[Segment]:
         found: list[Segment] = []
-        for lock_path in sorted(self.root.glob("*.lock")):
-            slot = self.root / lock_path.stem
-            if slot == self.slot or not slot.is_dir():
-                continue
+        for slot in sorted((p for p in self.root.iterdir() if p.is_dir() and p.name.isdigit()), key=_number):
             segs = _segments(slot)
-            if not segs:
+            if slot == self.slot or not segs:
                 continue
-            lock = FileLock(str(lock_path), timeout=0)
-            try:
-                lock.acquire()
-            except Timeout:
+            lock = _try_lock(self.root / f"{slot.name}.lock")
+            if lock is None:
                 continue  # a live process owns it
             self._orphans[slot] = (lock, set(segs))
             found += [Segment(p, _number(p), own=False) for p in segs]
@@ -178,10 +193,10 @@ class Journal:
                     path.unlink(missing_ok=True)
                 self._closed.clear()
         for lock, _ in self._orphans.values():
-            lock.release()
+            _unlock(lock)
         self._orphans.clear()
         if self._slot_lock is not None:
-            self._slot_lock.release()
+            _unlock(self._slot_lock)
             self._slot_lock = None
 
     # --- writing -----------------------------------------------------------------------------
@@ -224,6 +239,10 @@ class Journal:
             Every own closed segment not yet released, oldest first.
         """
         with self._lock:
+            if self._closing:  # no more writes can come: the active segment is complete as it is
+                active = Segment(self._path(self._number), self._number, True, self.written_lsn)
+                then()
+                return [*self._closed, active]
             self._rotate_locked()
             then()
             return list(self._closed)
@@ -245,7 +264,7 @@ class Journal:
             if owner is not None:
                 owner[1].discard(seg.path)
                 if not owner[1]:
-                    owner[0].release()
+                    _unlock(owner[0])
                     del self._orphans[seg.path.parent]
 
     @property

@@ -46,6 +46,9 @@ class PredictionSink(Protocol):
 
 
 Write = tuple[int, list[JournalItem]]  # (journal LSN after the write, its records)
+# Rows held in memory at most (~1 KB each). A writer this far behind (a long replay at start, a
+# slow store) reads the rest back from the journal instead of growing without bound.
+MAX_QUEUED_ROWS = 50_000
 
 
 def _split(
@@ -114,6 +117,12 @@ class StoreWriter(BackgroundService):
                 return
             self._queue.append((lsn, items))
             self._queued_rows += len(items)
+            if self._queued_rows > MAX_QUEUED_ROWS:
+                log.warning(
+                    "prediction log writer %d rows behind: reading them back from the journal",
+                    self._queued_rows,
+                )
+                self._to_disk_mode()
             if len(self._queue) == 1 or self._queued_rows >= self._batch_size:
                 self._cond.notify()
 
@@ -184,10 +193,12 @@ class StoreWriter(BackgroundService):
 
     def _next_batch(self) -> list[Write]:
         with self._cond:
-            while not self._queue and not self._closing:
+            while not self._queue and not self._closing and not self._disk_mode:
                 self._cond.wait()
             deadline = time.monotonic() + self._flush_seconds
-            while self._queued_rows < self._batch_size and not self._closing and not self._flush_waiters:
+            while self._queued_rows < self._batch_size and not (
+                self._closing or self._flush_waiters or self._disk_mode
+            ):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -279,11 +290,17 @@ class StoreWriter(BackgroundService):
         """A store write failed: rely on the journal (drop the in-memory copy) until it is back."""
         self._failed(e)
         with self._cond:
-            if not self._disk_mode:
-                self._disk_mode = True
-                self.backlog_rows += in_flight + self._queued_rows
-                self._queue.clear()
-                self._queued_rows = 0
+            self.backlog_rows += in_flight
+            self._to_disk_mode()
+
+    def _to_disk_mode(self) -> None:
+        """Drop the in-memory copy, count it as on disk (called under the condition)."""
+        if not self._disk_mode:
+            self._disk_mode = True
+            self.backlog_rows += self._queued_rows
+            self._queue.clear()
+            self._queued_rows = 0
+            self._cond.notify_all()
 
     def _failed(self, e: Exception | None) -> None:
         if e is not None:
