@@ -20,7 +20,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from mnistops.errors import JournalError, NotFoundError, StoreError
-from mnistops.service import journal as journal_mod
 from mnistops.service import log_writer
 from mnistops.service.journal_format import encode_framed
 from mnistops.service.logger import PredictionLogger
@@ -136,7 +135,7 @@ def test_power_mode_syncs_before_answering_and_commits_durably(
     store = PredictionStore(store_url)
     synced: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(journal_mod.os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
     logger = PredictionLogger(store, tmp_path / "j", durability="power")
     logger.log_blocking(records(3))
     assert synced  # the answer came after an fdatasync
@@ -292,14 +291,12 @@ def test_a_failed_journal_write_is_not_acknowledged(
 ) -> None:
     logger = PredictionLogger(store, tmp_path / "j")
     real_write = os.write
-    monkeypatch.setattr(
-        journal_mod.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space"))
-    )
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space")))
     with pytest.raises(JournalError):
         logger.log_blocking(records(1))
     with pytest.raises(JournalError):
         asyncio.run(logger.log(records(1, seed=1)))
-    monkeypatch.setattr(journal_mod.os, "write", real_write)  # disk space is back: a fresh segment
+    monkeypatch.setattr(os, "write", real_write)  # disk space is back: a fresh segment
     ok = records(2, seed=2)
     logger.log_blocking(ok)
     logger.close()

@@ -23,21 +23,19 @@ import fcntl
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mnistops.errors import JournalError
-from mnistops.runtime import BackgroundService
 from mnistops.service.journal_format import FrameScan, JournalItem, read_frames
+from mnistops.service.journal_sync import OnDurable, Syncer, fsync_dir
 
 log = logging.getLogger(__name__)
 
 OFFSET_BITS = 40
 MAX_SLOTS = 256
 OnWrite = Callable[[int, list[JournalItem]], None]  # (lsn after the write, its records)
-OnDurable = Callable[[JournalError | None], None]  # None: durable; else why it is not
 
 
 def lsn_of(number: int, offset: int) -> int:
@@ -96,14 +94,6 @@ def _unlock(fd: int) -> None:
     os.close(fd)  # closing the only descriptor releases the flock
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """This process's journal slot (see module docstring).
 
@@ -128,7 +118,7 @@ class Journal:
         self._offset = 0
         self._broken = False  # the last write failed: start a new segment before the next one
         self._closing = False
-        self._syncer: _Syncer | None = None
+        self._syncer: Syncer | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
     def open(self) -> list[Segment]:
@@ -158,7 +148,7 @@ class Journal:
         except OSError as e:
             raise JournalError(f"cannot open the prediction journal under {self.root}: {e}") from e
         if self.fsync:
-            self._syncer = _Syncer(self.slot, self._fd, self._mark_broken).start()
+            self._syncer = Syncer(self.slot, self._fd, self._mark_broken).start()
         return leftovers + own
 
     def _adopt_orphans(self) -> list[Segment]:
@@ -287,7 +277,7 @@ class Journal:
         if self._syncer is not None:
             self._syncer.new_segment(self._fd)
         elif self.fsync:  # the first segment, before the syncer exists
-            _fsync_dir(self.slot)
+            fsync_dir(self.slot)
 
     def _rotate_locked(self) -> None:
         old_fd = self._fd
@@ -296,75 +286,3 @@ class Journal:
         self._closed.append(old)
         if self._syncer is None:
             os.close(old_fd)  # process mode: nothing to sync; power mode: the syncer closes it
-
-
-class _Syncer(BackgroundService):
-    """``power`` mode: fdatasync what was written, then tell the writes it covered."""
-
-    def __init__(self, slot: Path, fd: int, on_error: Callable[[], None]) -> None:
-        super().__init__("journal-sync", 0.0)
-        self._slot, self._fd, self._on_error = slot, fd, on_error
-        self._cond = threading.Condition()
-        self._waiters: deque[tuple[int, OnDurable]] = deque()
-        self._retired: list[int] = []  # fds of rotated segments: sync once more, then close
-        self._dir_dirty = False
-
-    def wait_for(self, lsn: int, callback: OnDurable) -> None:
-        """Call ``callback`` once everything up to ``lsn`` is on disk (called under the journal lock)."""
-        with self._cond:
-            self._waiters.append((lsn, callback))
-            self._cond.notify()
-
-    def new_segment(self, fd: int) -> None:
-        """The journal rotated (under its lock): the old fd retires, the directory needs a sync."""
-        with self._cond:
-            self._retired.append(self._fd)
-            self._fd, self._dir_dirty = fd, True
-            self._cond.notify()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Sync what is pending, then stop."""
-        with self._cond:
-            self.stopping.set()
-            self._cond.notify()
-        super().stop(timeout)
-
-    def run(self) -> None:
-        """Rounds until stopped and nothing is pending."""
-        while True:
-            with self._cond:
-                if self.stopping.is_set() and not self._waiters and not self._retired:
-                    return
-            self.run_step()
-
-    def step(self) -> None:
-        """One round: wait for work, fdatasync outside the lock, then answer every covered write.
-
-        A failed fdatasync is not retried (after an error Linux may have dropped the dirty pages and
-        report the next attempt as a success): the writes it covered fail, and the journal moves
-        to a fresh segment.
-        """
-        with self._cond:
-            while not (self._waiters or self._retired or self.stopping.is_set()):
-                self._cond.wait()
-            waiters, self._waiters = self._waiters, deque()
-            retired, self._retired = self._retired, []
-            fd, dir_dirty, self._dir_dirty = self._fd, self._dir_dirty, False
-        err: JournalError | None = None
-        try:
-            for old in retired:
-                try:
-                    os.fdatasync(old)
-                finally:
-                    os.close(old)
-            if waiters:
-                os.fdatasync(fd)
-            if dir_dirty:
-                _fsync_dir(self._slot)
-        except OSError as e:
-            err = JournalError(f"prediction journal fsync failed in {self._slot}: {e}")
-            self._on_error()
-        for _, cb in waiters:
-            cb(err)
-        if err is not None:
-            raise err
