@@ -182,6 +182,12 @@ class LeadershipLostError(MnistopsError):
     code = "leadership_lost"
 
 
+class JournalError(StoreError):
+    """The replica's local prediction journal refused a write (disk full, I/O error): not accepted."""
+
+    code = "journal_unavailable"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
         "process",
         description="process: an answered prediction survives kill -9; power: also power loss (fsync).",
     )
+    journal_segment_bytes: int = Field(
+        8 << 20, ge=4096, description="Prediction journal segment size (deleted once committed)."
+    )
     retention_max_age_seconds: float | None = Field(
         None, gt=0, description="Prune predictions older than this (default: keep forever)."
     )
@@ -142,9 +145,9 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.home / 'predictions.db').resolve()}"
 
     @property
-    def spill_path(self) -> Path:
-        """Append-only file used when the prediction store is down."""
-        return self.home / "spill" / "predictions.jsonl"
+    def journal_dir(self) -> Path:
+        """The replica's prediction journal (one locked slot per serving process)."""
+        return self.home / "journal"
 
     @property
     def step(self) -> int:
@@ -153,7 +156,7 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         """Create the local state folders (never called on import)."""
-        for p in (self.home, self.data_path, self.models_path, self.spill_path.parent):
+        for p in (self.home, self.data_path, self.models_path, self.journal_dir):
             p.mkdir(parents=True, exist_ok=True)
 
 
