@@ -1,4 +1,4 @@
-"""ONNX / torch inference and the hot-swapping ModelFollower."""
+"""ONNX / torch inference, the hot-swapping ModelFollower and the ShadowRunner."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from mnistops.errors import InputError, ModelError, ModelNotFoundError
+from mnistops.service.follower import ModelFollower
 from mnistops.service.inference import (
     MEAN,
     STD,
     LoadedModel,
-    ModelFollower,
     OnnxClassifier,
     TorchClassifier,
     load_model_dir,
