@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     )
     retention_batch_rows: int = Field(1000, gt=0, description="Rows deleted per retention transaction.")
     retention_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs.")
+    retention_feedback_grace_seconds: float = Field(
+        3600.0, ge=0, description="Keep predictions this young: their feedback may still arrive."
+    )
+    retention_keep_unmonitored: bool = Field(
+        True, description="Keep predictions the monitor has not evaluated (off when no monitor runs)."
+    )
 
     @field_validator("webhook_urls", mode="before")
     @classmethod

@@ -26,8 +26,9 @@ def run_monitor(settings: Settings, *, stop: threading.Event | None = None) -> N
         settings: store, registry, windows, alert rules, webhooks, ``monitor_port`` (0 = no endpoint).
         stop: an event to stop on instead of the process signals (tests, embedding).
     """
-    from mnistops.registry.core import Registry, configure
+    from mnistops.registry.core import CHALLENGER, Registry, configure
     from mnistops.store.predictions import PredictionStore
+    from mnistops.store.retention_service import retention_service
 
     if stop is None:
         stop = threading.Event()
@@ -35,7 +36,12 @@ def run_monitor(settings: Settings, *, stop: threading.Event | None = None) -> N
     configure(settings)
     store = PredictionStore(settings.database)
     metrics = MonitorMetrics()
-    runner = MonitorRunner(settings, store, Registry(settings), metrics=metrics)
+    registry = Registry(settings)
+    runner = MonitorRunner(settings, store, registry, metrics=metrics)
+    # the monitor knows which rows are still unevaluated: retention runs beside it (None = no limit set)
+    retention = retention_service(
+        settings, store, challenger=lambda: registry.alias_version(CHALLENGER), registry=metrics.registry
+    )
     endpoint = None
     if settings.monitor_port:
         endpoint = RoleEndpoint(
@@ -46,10 +52,14 @@ def run_monitor(settings: Settings, *, stop: threading.Event | None = None) -> N
         ).start()
         log.info("monitor: /metrics and /healthz on %s:%d", settings.host, endpoint.port)
     runner.start()
+    if retention is not None:
+        retention.start()
     try:
         stop.wait()
     finally:
         log.info("monitor: stopping")
+        if retention is not None:
+            retention.stop(timeout=30)
         runner.stop()
         if endpoint is not None:
             endpoint.stop()

@@ -163,9 +163,7 @@ class MonitorRunner(BackgroundService):
             self._cursor = 0
             return
         self._next_window = last.window + 1
-        combined = last.results.get("combined", {})
-        resume = combined.get("details", {}).get("resume_after_seq") if isinstance(combined, dict) else None
-        self._cursor = int(resume) if isinstance(resume, int) else int(last.end_seq)
+        self._cursor = last.resume_after_seq
         log.info("monitor: resuming after seq %d (window %d)", self._cursor, self._next_window)
 
     # --- the loop ----------------------------------------------------------------------------
