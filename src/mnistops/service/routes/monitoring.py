@@ -21,9 +21,9 @@ from pydantic import BaseModel
 from mnistops.service.deps import StateDep
 from mnistops.service.routes.predict import ERRORS
 from mnistops.service.state import ServiceState
+from mnistops.store.jobs import JobQueue
 from mnistops.store.records import MonitorWindow
 from mnistops.store.timeline import Timeline
-from mnistops.store.jobs import JobQueue
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
 
