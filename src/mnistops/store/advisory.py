@@ -73,9 +73,9 @@ def connect(url: str) -> Connection:
         SQLAlchemyError: the server is unreachable.
     """
     conn = _engine(url).connect()
-    try:
-        for k, v in SERVER_KEEPALIVE.items():
-            conn.execute(text("SELECT set_config(:k, :v, false)"), {"k": k, "v": v})
+    try:  # one round trip for the server-side keepalives
+        calls = ", ".join(f"set_config('{k}', :v{i}, false)" for i, k in enumerate(SERVER_KEEPALIVE))
+        conn.execute(text(f"SELECT {calls}"), {f"v{i}": v for i, v in enumerate(SERVER_KEEPALIVE.values())})
     except SQLAlchemyError:
         conn.close()
         raise
