@@ -168,6 +168,20 @@ class StoreError(MnistopsError):
     code = "store_unavailable"
 
 
+class ConflictError(StoreError):
+    """A compare-and-set lost: another writer changed the row first (re-read, then decide again)."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class LeadershipLostError(MnistopsError):
+    """This process no longer holds the leader lease: it must stop acting (another leader may act)."""
+
+    exit_code = 10
+    code = "leadership_lost"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 
