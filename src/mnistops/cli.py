@@ -240,7 +240,7 @@ def _retention(store: Any, registry: Any = None) -> Any:
     )
 
 
-store_app = typer.Typer(no_args_is_help=True, help="The operational database (prediction log, events, jobs).")
+store_app = typer.Typer(no_args_is_help=True, help="The operational database (schema, retention).")
 app.add_typer(store_app, name="store")
 
 
@@ -264,6 +264,40 @@ def store_prune(
     stop_on_signals(service.start().stopping)
     service.stopping.wait()
     service.stop(timeout=30)
+
+
+def _where(url: str) -> str:
+    from mnistops.store.engine import normalize_url
+
+    return normalize_url(url).render_as_string(hide_password=True)
+
+
+@store_app.command("migrate")
+def store_migrate() -> None:
+    """Upgrade the database schema to the newest revision (every role also does this on first use)."""
+    from mnistops.store.engine import Database
+
+    s = _settings()
+    db = Database(s.database)
+    rev = db.migrate()
+    db.close()
+    console.print(f"{_where(s.database)}: schema at revision {rev} (head)")
+
+
+@store_app.command("current")
+def store_current() -> None:
+    """Print the schema revision of the database and whether it is the newest this code knows."""
+    from mnistops.store import revisions
+    from mnistops.store.engine import Database
+
+    s = _settings()
+    db = Database(s.database)
+    rev, head = db.schema_revision(), revisions.head()
+    db.close()
+    state = "head" if rev == head else f"behind head {head}: run `mnistops store migrate`"
+    if rev is not None and rev not in revisions.known():
+        state = f"unknown to this code (head {head}): a newer mnistops migrated it"
+    console.print(f"{_where(s.database)}: schema at revision {rev or 'none'} ({state})")
 
 
 worker_app = typer.Typer(no_args_is_help=True, help="Retraining workers (any number, any host).")

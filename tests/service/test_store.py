@@ -1,4 +1,7 @@
-"""PredictionStore on SQLite and PostgreSQL: round trips, feedback, windows, alerts, jobs, schema."""
+"""PredictionStore on SQLite and PostgreSQL: round trips, feedback, windows, alerts, jobs.
+
+Schema migrations are tested in test_migrations.py.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, text
 from store_rows import make_records
 
 from mnistops.errors import InputError, NotFoundError, StoreError
-from mnistops.store import schema
 from mnistops.store.predictions import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
 
 
@@ -143,34 +144,6 @@ def test_monitor_windows(store: PredictionStore) -> None:
     assert last is not None and last.end_seq == 400
 
 
-def test_migrations_idempotent_and_forward(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    v = schema.latest_version()
-    s1 = PredictionStore(store_url)
-    assert s1.schema_version() == v
-    s1.insert_many(make_records(2))
-    s1.close()
-    s2 = PredictionStore(store_url)  # reopen: nothing recreated, data kept
-    assert s2.schema_version() == v and s2.count() == 2
-    s2.close()
-
-    calls: list[int] = []
-
-    def add_notes(conn: Connection) -> None:
-        calls.append(1)
-        conn.execute(text("ALTER TABLE predictions ADD COLUMN note VARCHAR"))
-
-    monkeypatch.setattr(schema, "UPGRADES", [*schema.UPGRADES, add_notes])
-    s3 = PredictionStore(store_url)
-    assert s3.schema_version() == v + 1 and calls == [1] and s3.count() == 2
-    s3.close()
-    s4 = PredictionStore(store_url)
-    assert s4.schema_version() == v + 1 and calls == [1]  # not re-run
-    s4.close()
-    monkeypatch.setattr(schema, "UPGRADES", [])
-    with pytest.raises(StoreError, match="newer"):
-        PredictionStore(store_url).migrate()
-
-
 def test_locked_sqlite_raises_store_error(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     PredictionStore(f"sqlite:///{path}").migrate()
@@ -189,7 +162,7 @@ def test_locked_sqlite_raises_store_error(tmp_path: Path) -> None:
 def test_unreachable_postgres_raises_store_error() -> None:
     store = PredictionStore("postgresql://nobody@127.0.0.1:1/none", connect_timeout_s=2)
     assert not store.ping()
-    with pytest.raises(StoreError, match="prediction store"):
+    with pytest.raises(StoreError, match="database"):
         store.count()
 
 

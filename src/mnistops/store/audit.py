@@ -4,8 +4,9 @@ MLflow keeps only the *current* alias targets (#2169/#6180: no production histor
 so every promotion and rollback is also written here: time, action, from/to version, reason,
 actor and whether it was forced. Rollback walks this history back, any number of steps.
 
-The table lives in ``settings.database`` (SQLite by default, PostgreSQL by URL), next to the
-prediction log whose tables another module owns; this module owns only its own ``MetaData``.
+The table lives in ``settings.database`` (SQLite by default, PostgreSQL by URL) with the rest of
+the operational database: defined in :mod:`.schema`, created by the migrations, written through the
+process-wide :class:`~mnistops.store.engine.Database` of that URL.
 """
 
 from __future__ import annotations
@@ -15,34 +16,15 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.schema import CreateTable
+from sqlalchemy import select
 
 from mnistops.errors import StoreError
-
-metadata = sa.MetaData()
-promotion_events = sa.Table(
-    "promotion_events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("model_name", sa.String(256), nullable=False, index=True),
-    sa.Column("action", sa.String(32), nullable=False),  # promote | rollback | auto-rollback
-    sa.Column("from_version", sa.String(32), nullable=True),
-    sa.Column("to_version", sa.String(32), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False, default=""),
-    sa.Column("actor", sa.String(256), nullable=False),
-    sa.Column("forced", sa.Boolean, nullable=False, default=False),
-    sa.Column("details", sa.Text, nullable=False, default="{}"),  # JSON: gate summary etc.
-)
+from mnistops.store.engine import database
+from mnistops.store.schema import promotion_events
 
 ACTIONS = ("promote", "rollback", "auto-rollback")
-_ENGINES: dict[str, Engine] = {}
 
 
 @dataclass(frozen=True)
@@ -74,29 +56,6 @@ def default_actor(client: str | None = None) -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def engine_for(url: str) -> Engine:
-    """A cached engine for ``url`` with ``promotion_events`` created if missing.
-
-    Raises:
-        StoreError: the database is unreachable.
-    """
-    if url in _ENGINES:
-        return _ENGINES[url]
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        eng = sa.create_engine(url, pool_pre_ping=True)
-        with eng.begin() as conn:
-            # IF NOT EXISTS: two processes may create the table at the same moment
-            conn.execute(CreateTable(promotion_events, if_not_exists=True))
-            for idx in promotion_events.indexes:
-                conn.execute(sa.schema.CreateIndex(idx, if_not_exists=True))
-    except SQLAlchemyError as exc:
-        raise StoreError(f"audit database {_safe(url)} unavailable: {exc}") from exc
-    _ENGINES[url] = eng
-    return eng
-
-
 def record(url: str, model_name: str, event: AuditEvent) -> AuditEvent:
     """Append ``event`` and return it with its id.
 
@@ -117,25 +76,24 @@ def record(url: str, model_name: str, event: AuditEvent) -> AuditEvent:
         "details": json.dumps(event.details, default=str),
     }
     try:
-        with engine_for(url).begin() as conn:
-            res = conn.execute(promotion_events.insert().values(**row))
-            pk = res.inserted_primary_key
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot write audit event to {_safe(url)}: {exc}") from exc
+        with database(url)._tx(write=True) as conn:
+            pk = conn.execute(promotion_events.insert().values(**row)).inserted_primary_key
+    except StoreError as exc:
+        raise StoreError(f"cannot write audit event: {exc.message}") from exc
     return AuditEvent(**{**asdict(event), "id": int(pk[0]) if pk else None})
 
 
 def history(url: str, model_name: str, limit: int | None = None) -> list[AuditEvent]:
     """Events for ``model_name``, oldest first (the last ``limit`` if given)."""
     t = promotion_events
-    q = sa.select(t).where(t.c.model_name == model_name).order_by(t.c.id.desc())
+    q = select(t).where(t.c.model_name == model_name).order_by(t.c.id.desc())
     if limit is not None:
         q = q.limit(limit)
     try:
-        with engine_for(url).connect() as conn:
+        with database(url)._tx(write=False) as conn:
             rows = conn.execute(q).mappings().all()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read audit events from {_safe(url)}: {exc}") from exc
+    except StoreError as exc:
+        raise StoreError(f"cannot read audit events: {exc.message}") from exc
     return [_event(r) for r in reversed(rows)]
 
 
@@ -178,11 +136,3 @@ def champion_stack(events: list[AuditEvent]) -> list[str]:
 def now() -> datetime:
     """Current UTC time (one place, so tests can reason about ordering)."""
     return datetime.now(UTC)
-
-
-def _safe(url: str) -> str:
-    # never echo a password from a PostgreSQL URL into logs or error messages
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<invalid url>"

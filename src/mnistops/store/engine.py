@@ -1,4 +1,7 @@
-"""Database plumbing of the monitoring store: engines, SQLite pragmas, transactions, migrations.
+"""The one database layer: engines, SQLite pragmas, transactions, migrations (Alembic).
+
+Every module that talks SQL goes through a :class:`Database`; one engine per URL and process is
+shared by all of them (:func:`database` gives the process-wide instance).
 
 SQLite (embedded default) runs in WAL mode so the monitor can read while the service writes;
 write transactions start with ``BEGIN IMMEDIATE`` so read-then-write code waits on
@@ -9,21 +12,25 @@ through psycopg 3 (``postgresql+psycopg://``). Every driver error surfaces as :c
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text, update
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from mnistops.errors import ConfigError, StoreError
-from mnistops.store import schema
+from mnistops.store import revisions
 
 _WRITE_OPTION = "mnistops_write"
 _PG_MIGRATION_LOCK = 0x6D6E6973  # advisory lock key: serializes concurrent migrations on one server
+# one engine (one pool) per (URL, options) and process, shared by every Database on that URL
+_ENGINES: dict[tuple[str, int, int], Engine] = {}
+_DATABASES: dict[str, Database] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def normalize_url(url: str) -> URL:
@@ -43,12 +50,67 @@ def normalize_url(url: str) -> URL:
     return u
 
 
-def _store_error(e: SQLAlchemyError, where: str) -> StoreError:
+def _store_error(e: SQLAlchemyError | CommandError, where: str) -> StoreError:
     orig = getattr(e, "orig", None) or e
     msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    err = StoreError(f"prediction store ({where}): {type(orig).__name__}: {msg}")
+    err = StoreError(f"database ({where}): {type(orig).__name__}: {msg}")
     err.__cause__ = e
     return err
+
+
+def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
+    db = url.database
+    if db and db != ":memory:" and not db.startswith("file:"):
+        Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's implicit BEGIN handling is unreliable; we emit BEGIN ourselves (hook below)
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes; WAL keeps it consistent
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _shared_engine(url: URL, busy_timeout_ms: int, connect_timeout_s: int) -> Engine:
+    if url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:"):
+        return _sqlite_engine(url, busy_timeout_ms)  # a private in-memory database: never shared
+    key = (url.render_as_string(hide_password=False), busy_timeout_ms, connect_timeout_s)
+    with _CACHE_LOCK:
+        if key not in _ENGINES:
+            if url.drivername.startswith("sqlite"):
+                _ENGINES[key] = _sqlite_engine(url, busy_timeout_ms)
+            else:
+                _ENGINES[key] = create_engine(
+                    url, pool_pre_ping=True, connect_args={"connect_timeout": connect_timeout_s}
+                )
+        return _ENGINES[key]
+
+
+def database(url: str) -> Database:
+    """The process-wide :class:`Database` of ``url`` (for modules without a store of their own).
+
+    Raises:
+        ConfigError: not a SQLite or PostgreSQL URL.
+    """
+    key = normalize_url(url).render_as_string(hide_password=False)
+    with _CACHE_LOCK:
+        db = _DATABASES.get(key)
+    if db is None:
+        db = Database(url)  # outside the lock: the constructor takes it for the engine
+        with _CACHE_LOCK:
+            db = _DATABASES.setdefault(key, db)
+    return db
 
 
 class Database:
@@ -64,39 +126,9 @@ class Database:
         self._where = self.url.render_as_string(hide_password=True)
         self._schema_lock = threading.Lock()
         self._schema_ready = False
-        if self.is_sqlite:
-            self._engine = self._sqlite_engine(busy_timeout_ms)
-        else:
-            self._engine = create_engine(
-                self.url, pool_pre_ping=True, connect_args={"connect_timeout": connect_timeout_s}
-            )
+        self._engine = _shared_engine(self.url, busy_timeout_ms, connect_timeout_s)
         # same pool; the option makes the "begin" hook emit BEGIN IMMEDIATE on SQLite
         self._write_engine: Engine = self._engine.execution_options(**{_WRITE_OPTION: True})
-
-    def _sqlite_engine(self, busy_timeout_ms: int) -> Engine:
-        db = self.url.database
-        if db and db != ":memory:" and not db.startswith("file:"):
-            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            self.url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
-        )
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # pysqlite's implicit BEGIN handling is unreliable; we emit BEGIN ourselves (hook below)
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            cur.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes; WAL keeps it consistent
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            write = conn.get_execution_options().get(_WRITE_OPTION, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
 
     # --- transactions -----------------------------------------------------------------------
     @contextmanager
@@ -123,51 +155,49 @@ class Database:
         self._engine.dispose()
 
     # --- schema -----------------------------------------------------------------------------
-    def migrate(self) -> int:
-        """Create the schema or run forward upgrades; idempotent and safe across processes.
+    def migrate(self) -> str:
+        """Bring the schema to the newest revision; idempotent and safe across processes.
+
+        A first read checks the stamped revision; only if it is behind does a write transaction
+        take the migration lock (PostgreSQL: ``pg_advisory_xact_lock``; SQLite: ``BEGIN
+        IMMEDIATE``), check again and upgrade, all in that one transaction.
 
         Returns:
-            The schema version now in the database.
+            The Alembic revision now in the database.
 
         Raises:
-            StoreError: database unreachable, or its schema is newer than this code.
+            StoreError: database unreachable, or its revision is unknown to this code (newer).
         """
         if self._schema_ready:
-            return schema.latest_version()
+            return revisions.head()
         with self._schema_lock:
             if not self._schema_ready:
                 try:
-                    with self._write_engine.begin() as conn:
-                        self._migrate(conn)
-                except SQLAlchemyError as e:
+                    self._migrate()
+                except (SQLAlchemyError, CommandError) as e:
                     raise _store_error(e, self._where) from e
                 self._schema_ready = True
-        return schema.latest_version()
+        return revisions.head()
 
-    def _migrate(self, conn: Connection) -> None:
-        if not self.is_sqlite:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-        latest = schema.latest_version()
-        now = time.time()
-        if not inspect(conn).has_table(schema.schema_version.name):
-            schema.metadata.create_all(conn)  # fresh database: current tables, stamped latest
-            conn.execute(insert(schema.schema_version).values(version=latest, applied_at=now))
+    def _migrate(self) -> None:
+        with self._engine.connect() as conn:
+            rev = revisions.current(conn)
+        revisions.check_known(rev)
+        if rev == revisions.head():
             return
-        current = conn.execute(select(schema.schema_version.c.version)).scalar()
-        if current is None:  # table created but never stamped (crash between statements on SQLite)
-            schema.metadata.create_all(conn)
-            conn.execute(insert(schema.schema_version).values(version=latest, applied_at=now))
-            return
-        if current > latest:
-            raise StoreError(
-                f"database schema v{current} is newer than this code (v{latest}): upgrade mnistops"
-            )
-        for upgrade in schema.UPGRADES[current - 1 :]:
-            upgrade(conn)
-        if current < latest:
-            conn.execute(update(schema.schema_version).values(version=latest, applied_at=now))
+        with self._write_engine.begin() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            revisions.upgrade(conn)
 
-    def schema_version(self) -> int:
-        """Version stamped in the database (after migrating)."""
-        with self._tx(write=False) as conn:
-            return int(conn.execute(select(schema.schema_version.c.version)).scalar_one())
+    def schema_revision(self) -> str | None:
+        """The Alembic revision stamped in the database, without migrating (None: not stamped).
+
+        Raises:
+            StoreError: database unreachable.
+        """
+        try:
+            with self._engine.connect() as conn:
+                return revisions.current(conn)
+        except SQLAlchemyError as e:
+            raise _store_error(e, self._where) from e

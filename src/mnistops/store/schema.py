@@ -1,9 +1,9 @@
-"""Tables of the monitoring store and their forward migrations.
+"""Tables of the operational database: the one description of the LATEST schema.
 
-The tables below always describe the LATEST schema. A fresh database is created from them and
-stamped with :func:`latest_version`; an existing database at version ``v`` runs ``UPGRADES[v-1:]``
-(``UPGRADES[i]`` upgrades version ``i + 1`` to ``i + 2``). So a schema change means: edit the table
-here AND append an upgrade that brings an existing database to the same shape.
+Databases get this shape through the Alembic revisions in :mod:`mnistops.store.migrations`
+(run by :meth:`mnistops.store.engine.Database.migrate`). So a schema change means: edit the table
+here AND add a revision that brings an existing database to the same shape; a test compares a
+migrated database with :data:`metadata` (Alembic's ``compare_metadata``) on SQLite and PostgreSQL.
 
 ``predictions.seq`` is the integer primary key (it must be for SQLite to autoincrement it) and the
 uuid ``id`` is UNIQUE; seqs only grow but can have gaps (conflicts and rollbacks consume values).
@@ -11,14 +11,12 @@ uuid ``id`` is UNIQUE; seqs only grow but can have gaps (conflicts and rollbacks
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
-    Connection,
+    DateTime,
     Float,
     Index,
     Integer,
@@ -34,13 +32,6 @@ metadata = MetaData()
 
 # SQLite only autoincrements "INTEGER PRIMARY KEY" (an alias of the rowid); PostgreSQL gets BIGSERIAL.
 _SEQ = BigInteger().with_variant(Integer, "sqlite")
-
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, nullable=False),
-    Column("applied_at", Float, nullable=False),
-)
 
 predictions = Table(
     "predictions",
@@ -133,19 +124,31 @@ retrain_jobs = Table(
     Column("log", Text, nullable=False, server_default=""),
     Column("error", Text, nullable=True),
     Column("details", JSON, nullable=False),
-)
-
-# --- control plane (schema v2): job leases, leadership, rollouts, the timeline --------------------
-# Lease columns of retrain_jobs: a worker owns a running job while lease_until is in the future and
-# extends it by heartbeats; an expired lease makes the job claimable again (attempts counts claims).
-JOB_LEASE_COLUMNS = (
+    # --- lease (revision 0002): a worker owns a running job while lease_until is in the future and
+    # extends it by heartbeats; an expired lease makes the job claimable again (attempts counts claims)
     Column("lease_owner", String, nullable=True),
     Column("lease_until", Float, nullable=True),
     Column("heartbeat_at", Float, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
 )
-for _c in JOB_LEASE_COLUMNS:
-    retrain_jobs.append_column(_c.copy())
+
+# Durable promotion history (MLflow keeps only the current alias targets): see store.audit.
+promotion_events = Table(
+    "promotion_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("model_name", String(256), nullable=False, index=True),
+    Column("action", String(32), nullable=False),  # promote | rollback | auto-rollback
+    Column("from_version", String(32), nullable=True),
+    Column("to_version", String(32), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("actor", String(256), nullable=False),
+    Column("forced", Boolean, nullable=False, default=False),
+    Column("details", Text, nullable=False, default="{}"),  # JSON: gate summary etc.
+)
+
+# --- control plane (revision 0002): leadership, rollouts, the timeline, role state ----------------
 
 # One row per named lease (e.g. the controller's leadership on SQLite); PostgreSQL uses advisory locks.
 leases = Table(
@@ -197,27 +200,3 @@ role_state = Table(
     Column("value", JSON, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
-
-Upgrade = Callable[[Connection], None]
-
-
-# UPGRADES[i] takes an existing database from version i + 1 to i + 2 (runs inside one transaction).
-def _v1_to_v2(conn: Connection) -> None:
-    # job lease columns, then the new control-plane tables (create_all skips existing ones)
-    from sqlalchemy import inspect, text
-
-    have = {c["name"] for c in inspect(conn).get_columns("retrain_jobs")}
-    for c in JOB_LEASE_COLUMNS:
-        if c.name not in have:
-            kind = c.type.compile(dialect=conn.dialect)
-            default = "" if c.server_default is None else " NOT NULL DEFAULT 0"
-            conn.execute(text(f"ALTER TABLE retrain_jobs ADD COLUMN {c.name} {kind}{default}"))
-    metadata.create_all(conn, tables=[leases, rollouts, timeline, role_state])
-
-
-UPGRADES: list[Upgrade] = [_v1_to_v2]
-
-
-def latest_version() -> int:
-    """Schema version this code writes (1 + number of upgrades)."""
-    return 1 + len(UPGRADES)
