@@ -9,7 +9,7 @@ DATA_STAMP := .mnistops/data/.verified
 export MNISTOPS_HOME ?= .mnistops
 BENCH_TRAIN_ARGS ?= --repeats 3  # alternating seed/mnistops pairs: median and pooled ratio
 
-.PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-drift clean system-deps
+.PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-retention bench-drift clean system-deps
 
 setup: $(STAMP) $(DATA_STAMP) system-deps
 
@@ -60,8 +60,19 @@ test: lint typecheck pytest
 bench-train: setup
 	$(PY) bench/bench_train.py $(BENCH_TRAIN_ARGS)
 
+# wrk is the bench's only load generator (a slower client would change every figure): install it
+# when missing (Debian, as root), else stop with the command to run. Never a silent fallback.
 bench-serve: setup
-	$(PY) bench/bench_serve.py
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then export DEBIAN_FRONTEND=noninteractive; echo "installing wrk"; \
+	    apt-get install -y -q wrk >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; fi; \
+	  command -v wrk >/dev/null || { echo "error: bench-serve needs wrk: sudo apt-get install -y wrk" >&2; exit 1; }; }
+	$(PY) bench/bench_serve.py $(BENCH_SERVE_ARGS)
+
+# a writer's commit latency on SQLite while retention prunes 100k rows (archive on)
+bench-retention: setup
+	$(PY) bench/bench_retention.py
 
 bench-drift: setup
 	$(PY) bench/bench_drift.py

@@ -174,6 +174,20 @@ class JournalError(StoreError):
     code = "journal_unavailable"
 
 
+class ConflictError(StoreError):
+    """A compare-and-set lost: another writer changed the row first (re-read, then decide again)."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class LeadershipLostError(MnistopsError):
+    """This process no longer holds the leader lease: it must stop acting (another leader may act)."""
+
+    exit_code = 10
+    code = "leadership_lost"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 

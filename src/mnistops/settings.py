@@ -8,12 +8,13 @@ directory is needed.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -47,13 +48,12 @@ class Settings(BaseSettings):
     window_size: int = Field(500, ge=10, description="Predictions per monitoring window.")
     window_step: int | None = Field(None, description="Sliding step; default = window_size.")
     monitor_interval_seconds: float = Field(5.0, gt=0)
-    monitor_in_serve: bool = Field(False, description="Run the monitor inside `serve`.")
     alerts_file: Path | None = Field(None, description="Alert rules YAML; default built-ins.")
-    webhook_urls: list[str] = Field(default_factory=list, description="Alert webhook receivers.")
-    # --- closed loop -------------------------------------------------------------------
-    loop_in_serve: bool = Field(
-        False, description="Run monitor + closed loop (retrain/shadow/watch) in `serve`."
+    # NoDecode: the env value reaches _split_urls as text (comma-separated or a JSON list)
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Alert webhook receivers."
     )
+    # --- closed loop -------------------------------------------------------------------
     shadow_requests: int = Field(500, ge=0, description="Requests the challenger shadows.")
     shadow_min_labelled: int = Field(50, ge=1, description="Labelled shadowed requests before a verdict.")
     retrain_min_labelled: int = Field(100, ge=0, description="Labelled production inputs needed to retrain.")
@@ -98,12 +98,20 @@ class Settings(BaseSettings):
     )
     retention_batch_rows: int = Field(1000, gt=0, description="Rows deleted per retention transaction.")
     retention_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs.")
+    retention_feedback_grace_seconds: float = Field(
+        3600.0, ge=0, description="Keep predictions this young: their feedback may still arrive."
+    )
+    retention_keep_unmonitored: bool = Field(
+        True, description="Keep predictions the monitor has not evaluated (off when no monitor runs)."
+    )
 
     @field_validator("webhook_urls", mode="before")
     @classmethod
     def _split_urls(cls, v: object) -> object:
         # allow MNISTOPS_WEBHOOK_URLS="http://a,http://b" as well as a JSON list
-        if isinstance(v, str) and not v.strip().startswith("["):
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
             return [u.strip() for u in v.split(",") if u.strip()]
         return v
 

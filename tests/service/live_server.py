@@ -1,9 +1,9 @@
 """Helpers for tests that run the real service as a subprocess (`python -m mnistops serve`).
 
 A test gets its own MLflow store with registered copies of the session's trained model, starts
-the service on a free loopback port with a private MNISTOPS_HOME, drives it with plain
-``http.client`` connections from threads (:class:`Load`), and stops it with SIGTERM like an
-orchestrator would (or SIGKILL, like a crash).
+the service (or another role, :class:`RoleProcess`) on a free loopback port with a private
+MNISTOPS_HOME, drives it with plain ``http.client`` connections from threads (:class:`Load`), and
+stops it with SIGTERM like an orchestrator would (or SIGKILL, like a crash).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from mnistops.settings import Settings
 from mnistops.training.data import FILES
 
 REPO = Path(__file__).resolve().parents[2]
+# uvicorn re-raises the captured SIGTERM after its graceful shutdown: -15 is a clean exit too
+CLEAN_EXIT = (0, -signal.SIGTERM)
 
 
 @dataclass
@@ -88,47 +90,55 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LiveServer:
-    """``python -m mnistops serve`` in a subprocess (output in ``<home>/serve.log``)."""
+MODULES_SCRIPT = Path(__file__).with_name("record_modules.py")
 
-    def __init__(self, env: dict[str, str], home: Path) -> None:
-        self.port = free_port()
+
+class RoleProcess:
+    """``python -m mnistops <args>`` in a subprocess (output in ``<home>/<name>.log``).
+
+    With ``modules_out`` the command runs through ``record_modules.py``, which writes the names of
+    every module the process imported to that file when it exits (cleanly, e.g. after SIGTERM).
+    """
+
+    def __init__(
+        self, args: list[str], env: dict[str, str], home: Path, name: str, modules_out: Path | None = None
+    ) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
-        self.log_path = home / "serve.log"
+        self.log_path = home / f"{name}.log"
         self._log = self.log_path.open("wb")
-        cmd = [sys.executable, "-m", "mnistops", "serve", "--port", str(self.port), "--log-level", "info"]
+        prefix = ["-m", "mnistops"] if modules_out is None else [str(MODULES_SCRIPT), str(modules_out)]
+        cmd = [sys.executable, *prefix, *args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=home)
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Block until /readyz answers 200 (raises with the server log if it never does)."""
+    def request(self, port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+        """One request on a fresh connection: (status, raw body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def wait_http(self, port: int, path: str, timeout: float = 90.0) -> None:
+        """Block until ``path`` answers 200 (raises with the log if the process exits or never does)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log()}")
+                raise RuntimeError(f"process exited ({self.proc.returncode}):\n{self.log()}")
             try:
-                status, _ = self.get("/readyz")
-                if status == 200:
+                if self.request(port, path)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"{path} not 200 after {timeout} s:\n{self.log()}")
 
-    def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        """GET a JSON endpoint on a fresh connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, json.loads(r.read() or b"{}")
-        finally:
-            conn.close()
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM and wait for the exit code (SIGKILL only if it hangs past ``timeout``)."""
+    def terminate(self, timeout: float = 60.0, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for the exit code (SIGKILL only if it hangs past ``timeout``)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -146,9 +156,28 @@ class LiveServer:
         return int(self.proc.returncode)
 
     def log(self) -> str:
-        """The tail of the server's output."""
-        self._log.flush()
+        """The tail of the process's output."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]
+
+
+class LiveServer(RoleProcess):
+    """``python -m mnistops serve`` on a free loopback port (output in ``<home>/serve.log``)."""
+
+    def __init__(self, env: dict[str, str], home: Path, modules_out: Path | None = None) -> None:
+        self.port = free_port()
+        args = ["serve", "--port", str(self.port), "--log-level", "info"]
+        super().__init__(args, env, home, "serve", modules_out)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Block until /readyz answers 200 (raises with the server log if it never does)."""
+        self.wait_http(self.port, "/readyz", timeout)
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """GET a JSON endpoint on a fresh connection."""
+        status, body = self.request(self.port, path)
+        return status, json.loads(body or b"{}")
 
 
 def post_json(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, dict[str, Any]]:

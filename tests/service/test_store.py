@@ -8,22 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import Connection, text
+from store_rows import make_records
 
 from mnistops.errors import InputError, JobError, NotFoundError, StoreError
 from mnistops.store import schema
 from mnistops.store.predictions import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
-
-
-def make_records(n: int, seed: int = 0, version: str = "1", t0: float = 1000.0) -> list[PredictionRecord]:
-    """n records with random images and softmax-like probabilities."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    probs = rng.random((n, 10)).astype(np.float32)
-    probs /= probs.sum(1, keepdims=True)
-    return [
-        PredictionRecord.create(images[i], probs[i], version, latency_ms=1.5 + i, ts=t0 + i, client="c")
-        for i in range(n)
-    ]
 
 
 def test_round_trip_is_exact(store: PredictionStore) -> None:

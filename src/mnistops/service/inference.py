@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
 # constants is torch-free: the ONNX serving path never imports torch (~1 s and ~200 MB per process)
 from mnistops.constants import MEAN, STD
 from mnistops.errors import InputError, ModelError, ModelNotFoundError
+from mnistops.runtime import BackgroundService
 
 __all__ = ["MEAN", "STD", "LoadedModel", "ModelFollower", "OnnxClassifier", "TorchClassifier"]
 
@@ -218,8 +219,11 @@ Loader = Callable[[str, Path], LoadedModel]
 Listener = Callable[[LoadedModel | None, LoadedModel], None]
 
 
-class ModelFollower:
-    """Serve whatever version ``resolve()`` names, swapping atomically when it changes."""
+class ModelFollower(BackgroundService):
+    """Serve whatever version ``resolve()`` names, swapping atomically when it changes.
+
+    A :class:`~mnistops.runtime.BackgroundService`: its step is one :meth:`poll_once`.
+    """
 
     def __init__(
         self,
@@ -240,22 +244,25 @@ class ModelFollower:
             loader: Replaces :func:`load_model_dir` (tests, shadow models).
             on_change: Called as ``on_change(old, new)`` after each swap (metrics, logging).
         """
+        super().__init__("model-follower", poll_seconds)
         self._resolve = resolve
         self.backend = backend
-        self.poll_seconds = poll_seconds
         self._loader: Loader = loader or (
             lambda v, d: load_model_dir(v, d, backend=backend, intra_op_threads=intra_op_threads)
         )
         self._on_change = on_change
         self._current: LoadedModel | None = None  # swapped by ONE assignment; readers take no lock
         self._load_lock = threading.Lock()  # one load at a time (poller vs force_refresh)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.load_failures = 0
         self.resolve_failures = 0
         self.swaps = 0
         self.last_error: str | None = None
         self._failed_version: str | None = None
+
+    @property
+    def poll_seconds(self) -> float:
+        """Seconds between two polls."""
+        return self.interval
 
     def current(self) -> LoadedModel:
         """The model to use for one request (grab once, use for the whole request).
@@ -323,25 +330,20 @@ class ModelFollower:
             except Exception:  # a listener bug must not look like a failed load
                 log.exception("model change listener failed")
 
-    def start(self) -> None:
-        """Load the current version once (errors logged) and start the polling thread."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
+    def step(self) -> None:
+        """One poll (errors are counted in :meth:`stats`, never raised: the old model keeps serving)."""
         self.poll_once()
-        self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the polling thread (the current model stays usable)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def start(self) -> Self:
+        """Load the current version once (errors logged), then poll every ``poll_seconds``."""
+        if not self.running:
+            self.poll_once()  # synchronously: the app is ready with a model, or says why not
+        return super().start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            self.poll_once()
+    def run(self) -> None:
+        """Poll after each interval (the first poll ran in :meth:`start`)."""
+        while not self.stopping.wait(self.interval):
+            self.run_step()
 
     def stats(self) -> dict[str, Any]:
         """Counters for /health and Prometheus."""

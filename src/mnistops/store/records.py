@@ -229,6 +229,17 @@ class MonitorWindow:
     id: int | None = None
     created_at: float | None = None
 
+    @property
+    def resume_after_seq(self) -> int:
+        """Seq after which a restarted monitor reads to rebuild its next window.
+
+        Rows up to it are evaluated (a sliding window's next start minus one, else ``end_seq``).
+        """
+        combined = self.results.get("combined", {})
+        details = combined.get("details", {}) if isinstance(combined, dict) else {}
+        resume = details.get("resume_after_seq") if isinstance(details, dict) else None
+        return int(resume) if isinstance(resume, int) else int(self.end_seq)
+
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 

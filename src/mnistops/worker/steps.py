@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnistops.controller.policy import mcnemar
 from mnistops.errors import JobError
+from mnistops.gates.stats import mcnemar
 
 if TYPE_CHECKING:
     import torch

@@ -2,8 +2,8 @@
 
 The :class:`~mnistops.monitor.alerts.engine.AlertEngine` hands each notifier the alert transitions of
 one window (``notify(notifications)``). A notifier must never block or raise into the monitor:
-:class:`WebhookNotifier` only appends to a bounded in-memory queue; one background thread per URL
-POSTs, retrying connection errors and 5xx answers with exponential backoff.
+:class:`WebhookNotifier` only appends to a bounded in-memory queue; one background service per URL
+POSTs, retrying connection errors and 5xx answers with exponential backoff (tenacity).
 """
 
 from __future__ import annotations
@@ -18,6 +18,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import httpx
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential,
+)
+
+from mnistops.runtime import BackgroundService
 
 __all__ = ["LogNotifier", "Notification", "Notifier", "WebhookNotifier", "webhook_payload"]
 
@@ -136,18 +146,25 @@ class LogNotifier:
         """Nothing to flush."""
 
 
-class _Worker:
-    """Queue + thread delivering payloads to one URL, so a dead receiver cannot delay the others."""
+class _Retryable(Exception):
+    """A delivery attempt worth retrying (connection error, timeout, 5xx)."""
+
+
+class _Worker(BackgroundService):
+    """Queue consumer delivering payloads to one URL, so a dead receiver cannot delay the others.
+
+    Retries (connection errors, 5xx) follow tenacity's exponential backoff, cut short by ``abort``.
+    """
 
     def __init__(self, owner: WebhookNotifier, url: str) -> None:
+        super().__init__(f"mnistops-webhook-{url}", 0.0)
         self.owner = owner
         self.url = url
         self.queue: deque[dict[str, Any]] = deque()
         self.cond = threading.Condition()
         self.closing = False
         self.abort = threading.Event()  # set when close() times out: stop retrying
-        self.thread = threading.Thread(target=self._run, name=f"mnistops-webhook-{url}", daemon=True)
-        self.thread.start()
+        self._client: httpx.Client | None = None
 
     def put(self, payload: dict[str, Any]) -> None:
         with self.cond:
@@ -164,44 +181,72 @@ class _Worker:
             self.queue.append(payload)
             self.cond.notify()
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=self.owner.timeout) as client:
-            while True:
-                with self.cond:
-                    while not self.queue and not self.closing:
-                        self.cond.wait()
-                    if not self.queue:  # closing and drained
-                        return
-                    payload = self.queue.popleft()
-                if self.abort.is_set():
-                    self.owner._count("dropped")
-                    continue
-                ok = self._deliver(client, payload)
-                self.owner._count("delivered" if ok else "failed")
+    def close(self) -> None:
+        """Deliver what is queued, then let the thread end."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
 
-    def _deliver(self, client: httpx.Client, payload: dict[str, Any]) -> bool:
+    def run(self) -> None:
+        """Deliver payloads until closed and drained (one HTTP client for the thread's life)."""
+        with httpx.Client(timeout=self.owner.timeout) as self._client:
+            while self._next_payload():
+                pass
+
+    def _next_payload(self) -> bool:
+        with self.cond:
+            while not self.queue and not self.closing:
+                self.cond.wait()
+            if not self.queue:  # closing and drained
+                return False
+            payload = self.queue.popleft()
+        if self.abort.is_set():
+            self.owner._count("dropped")
+        else:
+            self.owner._count("delivered" if self._deliver(payload) else "failed")
+        return True
+
+    def step(self) -> None:
+        """Not used: :meth:`run` is a queue consumer."""
+
+    def _post(self, payload: dict[str, Any]) -> bool:
+        assert self._client is not None
+        try:
+            resp = self._client.post(self.url, json=payload)
+        except httpx.HTTPError as exc:  # connect errors, timeouts, protocol errors
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        if resp.status_code >= 500:
+            raise _Retryable(f"HTTP {resp.status_code}")
+        if resp.status_code >= 400:  # the receiver rejects the payload: retrying cannot help
+            log.error("webhook %s answered %d, not retrying", self.url, resp.status_code)
+            return False
+        return True
+
+    def _before_sleep(self, rs: RetryCallState) -> None:
+        self.owner._count("retries")
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        delay = rs.next_action.sleep if rs.next_action is not None else 0.0
+        log.warning("webhook %s failed (%s), retry %d in %.2fs", self.url, exc, rs.attempt_number, delay)
+
+    def _sleep(self, seconds: float) -> None:
+        self.abort.wait(seconds)  # close() gave up: the backoff ends at once
+
+    def _deliver(self, payload: dict[str, Any]) -> bool:
         o = self.owner
-        for attempt in range(o.max_retries + 1):
-            try:
-                resp = client.post(self.url, json=payload)
-            except httpx.HTTPError as exc:  # connect errors, timeouts, protocol errors
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 400:
-                    return True
-                if resp.status_code < 500:  # the receiver rejects the payload: retrying cannot help
-                    log.error("webhook %s answered %d, not retrying", self.url, resp.status_code)
-                    return False
-                problem = f"HTTP {resp.status_code}"
-            if attempt == o.max_retries:
-                break
-            delay = min(o.backoff * 2**attempt, o.max_backoff)
-            log.warning("webhook %s failed (%s), retry %d in %.2fs", self.url, problem, attempt + 1, delay)
-            o._count("retries")
-            if self.abort.wait(delay):  # close() gave up: stop retrying
-                break
-        log.error("webhook %s: giving up after %d attempts (%s)", self.url, attempt + 1, problem)
-        return False
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_after_attempt(o.max_retries + 1) | stop_when_event_set(self.abort),
+            wait=wait_exponential(multiplier=o.backoff, max=o.max_backoff),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            return bool(retrying(self._post, payload))
+        except _Retryable as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            log.error("webhook %s: giving up after %d attempts (%s)", self.url, attempts, exc)
+            return False
 
 
 class WebhookNotifier:
@@ -261,7 +306,7 @@ class WebhookNotifier:
         payload = webhook_payload(notifications)
         with self._lock:
             if self._workers is None:
-                self._workers = [_Worker(self, url) for url in self.urls]
+                self._workers = [_Worker(self, url).start() for url in self.urls]
             workers = self._workers
         for w in workers:
             w.put(payload)
@@ -274,15 +319,13 @@ class WebhookNotifier:
         with self._lock:
             workers = self._workers or []
         for w in workers:
-            with w.cond:
-                w.closing = True
-                w.cond.notify()
+            w.close()
         deadline = time.monotonic() + timeout
         for w in workers:
-            w.thread.join(max(0.0, deadline - time.monotonic()))
+            w.stop(max(0.0, deadline - time.monotonic()))
         for w in workers:
-            if w.thread.is_alive():
+            if w.running:
                 log.warning("webhook %s: close timed out with %d pending, dropping them", w.url, len(w.queue))
                 w.abort.set()  # stop retrying; the thread drops what is left
         for w in workers:
-            w.thread.join(self.timeout)  # at most the request in flight
+            w.stop(self.timeout)  # at most the request in flight

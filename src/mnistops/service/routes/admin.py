@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -12,11 +12,13 @@ from mnistops.errors import FeatureDisabledError
 from mnistops.service.deps import AdminDep, StateDep
 from mnistops.service.routes.predict import ERRORS
 from mnistops.service.schemas import AliasChangeOut, PromoteIn, RollbackIn
+from mnistops.service.state import RegistryOps
+from mnistops.store.records import RetrainJob
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
-def _registry(state: StateDep) -> Any:
+def _registry(state: StateDep) -> RegistryOps:
     if state.registry_ops is None:
         raise FeatureDisabledError("this service runs without a model registry")
     return state.registry_ops
@@ -57,14 +59,17 @@ class RetrainOut(BaseModel):
 
 @router.post("/retrain", response_model=RetrainOut, responses=ERRORS)
 async def retrain(body: RetrainIn, state: StateDep, actor: AdminDep) -> RetrainOut:
-    """Queue a retraining job (one at a time) and run it in the background."""
-    reg = _registry(state)
-    jobs = state.loop.jobs if state.loop is not None else None
-    if jobs is None:
-        from mnistops.worker.jobs import RetrainJobRunner
+    """Queue a retraining job for the workers (an active job is returned instead of a second one)."""
+    _registry(state)
+    store = state.store
 
-        epoch = state.settings.retrain_epoch_size
-        jobs = RetrainJobRunner(state.settings, state.store, reg, epoch_size=epoch)
-    job_id = await run_in_threadpool(jobs.start_async, f"api:{actor}", {"reason": body.reason})
-    job = await run_in_threadpool(state.store.get_job, job_id)
-    return RetrainOut(job_id=job_id, state=job.state)
+    def submit() -> RetrainJob:
+        # enqueue only: a `mnistops worker run` process claims and runs it
+        for active in ("running", "queued"):
+            found = store.list_jobs(state=active, limit=1)
+            if found:
+                return found[0]
+        return store.create_job(f"api:{actor}", details={"reason": body.reason})
+
+    job = await run_in_threadpool(submit)
+    return RetrainOut(job_id=job.id, state=job.state)
