@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, description="Claims of one job before it is failed for good.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of training (serving goes first).")
+    worker_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long a running job may finish before it is handed back."
+    )
     # --- durability and retention of the prediction log -------------------------------------
     durability: Literal["process", "power"] = Field(
         "process",

@@ -187,7 +187,7 @@ def _stop_state(state: ServiceState) -> None:
     state.follower.stop()
     if state.shadow is not None:
         state.shadow.stop()
-    state.logger.close()
+    state.logger.close()  # commit what the store takes; the rest stays journaled for the next start
     state.store.close()
 
 
