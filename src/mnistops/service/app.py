@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnistops import __version__
 from mnistops.errors import MnistopsError
-from mnistops.service.inference import LoadedModel, ModelFollower
+from mnistops.service.follower import ModelFollower
+from mnistops.service.inference import LoadedModel
 from mnistops.service.metrics import ServiceMetrics
 from mnistops.service.routes import admin, monitoring, ops, predict
 from mnistops.service.routes.ops import static_dir

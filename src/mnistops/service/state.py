@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mnistops.service.inference import LoadedModel, ModelFollower
+from mnistops.service.follower import ModelFollower
+from mnistops.service.inference import LoadedModel
 from mnistops.service.metrics import ServiceMetrics
 from mnistops.settings import Settings
 

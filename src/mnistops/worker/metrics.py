@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["WorkerMetrics", "metrics_registry"]
 
 # seconds: a retrain on 2 cores takes ~20 s (10k-image epoch) to a few minutes (55k images)
 _JOB_BUCKETS = (5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
@@ -40,3 +40,8 @@ class WorkerMetrics:
         """Count a job this worker finished."""
         self.jobs.labels(state).inc()
         self.job_seconds.observe(seconds)
+
+
+def metrics_registry() -> CollectorRegistry:
+    """A registry with every series the worker role exports (fresh, unbound)."""
+    return WorkerMetrics().registry

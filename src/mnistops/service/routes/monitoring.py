@@ -148,6 +148,7 @@ def _traffic(ts: np.ndarray, lat: np.ndarray, bucket: float = 10.0) -> list[Traf
 
 
 UNIFORM = [0.1] * 10
+MAX_ID = 2**63 - 1  # the largest row id a database can hold (BIGINT)
 _NOT_DETECTORS = ("metrics", "reference")  # window results that are not a detector's
 
 
@@ -292,7 +293,7 @@ class LoopEventOut(BaseModel):
 @router.get("/loop/events", response_model=list[LoopEventOut], responses=ERRORS)
 def loop_events(
     state: StateDep,
-    since_id: int = Query(0, ge=0, description="Only events after this id (incremental polling)."),
+    since_id: int = Query(0, ge=0, le=MAX_ID, description="Only events after this id (incremental polling)."),
     limit: int = Query(1000, ge=1, le=1000),
 ) -> list[LoopEventOut]:
     """Timeline of the closed loop, oldest first, as the controller recorded it."""
