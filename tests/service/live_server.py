@@ -2,8 +2,8 @@
 
 A test gets its own MLflow store with registered copies of the session's trained model, starts
 the service (or another role, :class:`RoleProcess`) on a free loopback port with a private
-MNISTOPS_HOME, drives it with plain ``http.client`` connections from threads, and stops it with
-SIGTERM like an orchestrator would (or SIGKILL, like a crash).
+MNISTOPS_HOME, drives it with plain ``http.client`` connections from threads (:class:`Load`), and
+stops it with SIGTERM like an orchestrator would (or SIGKILL, like a crash).
 """
 
 from __future__ import annotations
