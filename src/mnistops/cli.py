@@ -274,12 +274,19 @@ app.add_typer(controller_app, name="controller")
 
 @worker_app.command("run")
 def worker_run(
-    once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
+    once: Annotated[bool, typer.Option(help="Run at most one queued job, then exit.")] = False,
 ) -> None:
     """Claim queued retrain jobs and run them at low CPU priority; stop with SIGTERM or Ctrl+C."""
+    from mnistops.errors import JobError
+    from mnistops.worker.priority import lower_priority
+
+    s = _settings()
+    lower_priority(s.worker_nice)  # before numpy/torch start threads: they inherit it
     from mnistops.worker import run_worker
 
-    run_worker(_settings(), once=once)
+    job = run_worker(s, once=once)
+    if once and job is not None and job.state != "succeeded":
+        raise JobError(job.error or f"job {job.id} {job.state}")
 
 
 @controller_app.command("run")
@@ -318,19 +325,34 @@ def up(
 @app.command()
 def retrain(
     trigger: Annotated[str, typer.Option(help="Recorded as the job's trigger.")] = "cli",
+    queue_only: Annotated[
+        bool, typer.Option("--queue-only", help="Only queue the job (a worker runs it); print its id.")
+    ] = False,
 ) -> None:
-    """Run one retraining job now (MNIST + labelled production data → register → gates → challenger)."""
-    from mnistops.store.predictions import PredictionStore
-    from mnistops.worker.jobs import RetrainJobRunner
+    """Run one retraining job now (MNIST + labelled production data → register → gates → challenger).
+
+    The job is queued and claimed by this process as a worker would claim it; if a job is already
+    queued or running, that one is run (or followed) instead of a second.
+    """
+    from mnistops.errors import JobError
 
     s = _settings()
-    jobs = RetrainJobRunner(s, PredictionStore(s.database), _registry(), epoch_size=s.retrain_epoch_size)
-    job = jobs.run_job(jobs.submit(trigger))
-    console.print(f"job {job.id}: {job.state}" + (f" (version {job.version})" if job.version else ""))
-    console.print(job.log)
-    if job.state != "succeeded":
-        from mnistops.errors import JobError
+    if queue_only:
+        from mnistops.store.jobs import JobQueue
+        from mnistops.store.predictions import PredictionStore
 
+        queued = JobQueue(PredictionStore(s.database)).submit(trigger)
+        console.print(queued.id)
+        return
+    from mnistops.worker.priority import lower_priority
+
+    lower_priority(s.worker_nice)  # trains like a worker: before numpy/torch start threads
+    from mnistops.worker.role import retrain_now
+
+    job = retrain_now(s, trigger)
+    console.print(f"job {job.id}: {job.state}" + (f" (version {job.version})" if job.version else ""))
+    console.print(job.log, markup=False, highlight=False)
+    if job.state != "succeeded":
         raise JobError(job.error or f"job {job.id} {job.state}")
 
 

@@ -182,12 +182,24 @@ class LeadershipLostError(MnistopsError):
     code = "leadership_lost"
 
 
+class JournalError(StoreError):
+    """The replica's local prediction journal refused a write (disk full, I/O error): not accepted."""
+
+    code = "journal_unavailable"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 
     http_status = 409
     exit_code = 11
     code = "job_error"
+
+
+class LeaseLostError(JobError):
+    """This worker no longer holds the job's lease (it expired and another worker may run it)."""
+
+    code = "lease_lost"
 
 
 class DriftDetectedError(MnistopsError):

@@ -81,10 +81,16 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, description="Claims of one job before it is failed for good.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of training (serving goes first).")
+    worker_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long a running job may finish before it is handed back."
+    )
     # --- durability and retention of the prediction log -------------------------------------
     durability: Literal["process", "power"] = Field(
         "process",
         description="process: an answered prediction survives kill -9; power: also power loss (fsync).",
+    )
+    journal_segment_bytes: int = Field(
+        8 << 20, ge=4096, description="Prediction journal segment size (deleted once committed)."
     )
     retention_max_age_seconds: float | None = Field(
         None, gt=0, description="Prune predictions older than this (default: keep forever)."
@@ -139,9 +145,9 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.home / 'predictions.db').resolve()}"
 
     @property
-    def spill_path(self) -> Path:
-        """Append-only file used when the prediction store is down."""
-        return self.home / "spill" / "predictions.jsonl"
+    def journal_dir(self) -> Path:
+        """The replica's prediction journal (one locked slot per serving process)."""
+        return self.home / "journal"
 
     @property
     def step(self) -> int:
@@ -150,7 +156,7 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         """Create the local state folders (never called on import)."""
-        for p in (self.home, self.data_path, self.models_path, self.spill_path.parent):
+        for p in (self.home, self.data_path, self.models_path, self.journal_dir):
             p.mkdir(parents=True, exist_ok=True)
 
 

@@ -3,7 +3,7 @@
 A test gets its own MLflow store with registered copies of the session's trained model, starts
 the service (or another role, :class:`RoleProcess`) on a free loopback port with a private
 MNISTOPS_HOME, drives it with plain ``http.client`` connections from threads, and stops it with
-SIGTERM like an orchestrator would.
+SIGTERM like an orchestrator would (or SIGKILL, like a crash).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,14 @@ class RoleProcess:
         self._log.close()
         return int(self.proc.returncode)
 
+    def kill(self) -> int:
+        """SIGKILL (no shutdown code runs: the crash of an OOM kill or a lost node) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
     def log(self) -> str:
         """The tail of the process's output."""
         if not self._log.closed:
@@ -175,3 +185,97 @@ def post_json(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple
     conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
     r = conn.getresponse()
     return r.status, json.loads(r.read() or b"{}")
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, server: LiveServer) -> None:
+    """Poll ``cond`` every 0.2 s; fail with the server log if it stays false."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{server.log()}")
+        time.sleep(0.2)
+
+
+class Load:
+    """Client threads posting predictions until told to stop or the server goes away.
+
+    Each thread keeps one keep-alive connection and remembers every ``prediction_id`` answered
+    200. With ``feedback_every=k`` it also sends a true label for every k-th of them, then a
+    correction, and remembers the last label each id was answered 200 for (``labels``) and a
+    label whose answer never came because the server died (``maybe_labels``).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        bodies: list[bytes],
+        per_thread: int,
+        *,
+        threads: int = 6,
+        pause: float = 0.0,
+        feedback_every: int = 0,
+    ) -> None:
+        self.port, self.bodies, self.per_thread, self.pause = port, bodies, per_thread, pause
+        self.feedback_every = feedback_every
+        self.ok_ids: list[str] = []
+        self.labels: dict[str, int] = {}
+        self.maybe_labels: dict[str, int] = {}
+        self.failed: list[int] = []  # non-200 statuses (transport errors end a thread instead)
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join()
+
+    def join(self, timeout: float = 60.0) -> None:
+        """Wait for every client thread."""
+        for t in self._threads:
+            t.join(timeout)
+
+    @property
+    def n_ok(self) -> int:
+        """Predictions answered 200 so far."""
+        with self._lock:
+            return len(self.ok_ids)
+
+    def _run(self, k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            for i in range(self.per_thread):
+                if self.stop.is_set():
+                    return
+                try:
+                    status, body = post_json(conn, "/v1/predict", self.bodies[(k * 7 + i) % len(self.bodies)])
+                    with self._lock:
+                        if status != 200:
+                            self.failed.append(status)
+                            continue
+                        self.ok_ids.append(body["prediction_id"])
+                    if self.feedback_every and i % self.feedback_every == 0:
+                        for label in (i % 10, (i + 1) % 10):  # a label, then a correction
+                            self._feedback(conn, body["prediction_id"], label)
+                except (OSError, http.client.HTTPException):
+                    return  # the server went away: that request was not accepted
+                if self.pause:
+                    time.sleep(self.pause)
+        finally:
+            conn.close()
+
+    def _feedback(self, conn: http.client.HTTPConnection, pid: str, label: int) -> None:
+        with self._lock:
+            self.maybe_labels[pid] = label
+        body = json.dumps({"prediction_id": pid, "true_label": label}).encode()
+        status, _ = post_json(conn, "/v1/feedback", body)  # raises if the server died meanwhile
+        with self._lock:
+            del self.maybe_labels[pid]
+            if status == 200:
+                self.labels[pid] = label
+            else:
+                self.failed.append(status)

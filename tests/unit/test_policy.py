@@ -10,7 +10,7 @@ import pytest
 from mnistops.controller.policy import PromotionWatch, RetrainPolicy
 from mnistops.controller.verdict import ShadowVerdict
 from mnistops.gates.stats import mcnemar, wilson_upper
-from mnistops.worker.steps import decide_production_gate
+from mnistops.worker.steps import ProductionGateConfig, decide_production_gate
 
 
 @dataclass
@@ -81,14 +81,14 @@ def test_production_gate_small_improvement_not_significant_fails() -> None:
 
 def test_production_gate_clean_drop_fails_even_when_better_on_production() -> None:
     y, champ, chal = _preds(200, champ_right=3, chal_right=40, both_right=120)
-    r = decide_production_gate(y, champ, chal, 0.992, 0.985, clean_tolerance=0.005)
+    r = decide_production_gate(y, champ, chal, 0.992, 0.985, ProductionGateConfig(clean_tolerance=0.005))
     assert not r.passed and "clean test accuracy drops" in r.reason
     assert r.clean_drop == pytest.approx(0.007)
 
 
 def test_production_gate_needs_enough_rows() -> None:
     y, champ, chal = _preds(20, champ_right=0, chal_right=20, both_right=0)
-    r = decide_production_gate(y, champ, chal, 0.99, 0.99, min_rows=30)
+    r = decide_production_gate(y, champ, chal, 0.99, 0.99, ProductionGateConfig(min_rows=30))
     assert not r.passed and r.n == 20 and "only 20" in r.reason and r.p_value is None
 
 

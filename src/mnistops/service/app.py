@@ -162,9 +162,11 @@ def _start_state(
     store = PredictionStore(settings.database)
     logger = PredictionLogger(
         store,
-        settings.spill_path,
+        settings.journal_dir,
+        durability=settings.durability,
         batch_size=settings.log_batch_size,
         flush_seconds=settings.log_flush_seconds,
+        segment_bytes=settings.journal_segment_bytes,
     )
     follower = _follower(settings, res, metrics)
     state = ServiceState(settings, metrics, follower, store, logger, registry_ops=reg)
@@ -185,7 +187,7 @@ def _stop_state(state: ServiceState) -> None:
     state.follower.stop()
     if state.shadow is not None:
         state.shadow.stop()
-    state.logger.close()
+    state.logger.close()  # commit what the store takes; the rest stays journaled for the next start
     state.store.close()
 
 

@@ -91,7 +91,7 @@ class LogCollector(Collector):
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        """Yield queue depth, spill backlog (gauges) and write errors (counter)."""
+        """Yield queue depth, journal backlog (gauges) and write errors (counter)."""
         st = self._stats()
         yield GaugeMetricFamily(
             "mnistops_prediction_log_queue_depth",
@@ -100,12 +100,12 @@ class LogCollector(Collector):
         )
         yield GaugeMetricFamily(
             "mnistops_prediction_log_spill_backlog",
-            "Predictions in the local spill file awaiting replay into the store.",
+            "Journaled rows only on disk, awaiting replay into the store (store down, or left by a crash).",
             value=st.get("spill_backlog", 0),
         )
         yield CounterMetricFamily(
             "mnistops_prediction_log_write_errors",
-            "Failed prediction-log writes (the batch was spilled to disk, not lost).",
+            "Failed prediction-log store writes (the rows stay in the journal, not lost).",
             value=st.get("write_errors", 0),
         )
 

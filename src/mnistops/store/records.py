@@ -145,6 +145,15 @@ class ShadowRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """A true label reported for a prediction; applying it again is a no-op (the last one wins)."""
+
+    prediction_id: str
+    true_label: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
 class PredictionWindow:
     """Column arrays of consecutive predictions, ordered by ``seq`` ascending (N rows)."""
 

@@ -13,7 +13,7 @@ from mnistops.service.deps import AdminDep, StateDep
 from mnistops.service.routes.predict import ERRORS
 from mnistops.service.schemas import AliasChangeOut, PromoteIn, RollbackIn
 from mnistops.service.state import RegistryOps
-from mnistops.store.records import RetrainJob
+from mnistops.store.jobs import JobQueue
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -51,7 +51,7 @@ class RetrainIn(BaseModel):
 
 
 class RetrainOut(BaseModel):
-    """The job that runs (an already active job is returned instead of a second one)."""
+    """The queued job (an already active job is returned instead of a second one)."""
 
     job_id: int
     state: str
@@ -59,17 +59,6 @@ class RetrainOut(BaseModel):
 
 @router.post("/retrain", response_model=RetrainOut, responses=ERRORS)
 async def retrain(body: RetrainIn, state: StateDep, actor: AdminDep) -> RetrainOut:
-    """Queue a retraining job for the workers (an active job is returned instead of a second one)."""
-    _registry(state)
-    store = state.store
-
-    def submit() -> RetrainJob:
-        # enqueue only: a `mnistops worker run` process claims and runs it
-        for active in ("running", "queued"):
-            found = store.list_jobs(state=active, limit=1)
-            if found:
-                return found[0]
-        return store.create_job(f"api:{actor}", details={"reason": body.reason})
-
-    job = await run_in_threadpool(submit)
+    """Queue a retraining job for the workers (one at a time: an active job is returned instead)."""
+    job = await run_in_threadpool(JobQueue(state.store).submit, f"api:{actor}", {"reason": body.reason})
     return RetrainOut(job_id=job.id, state=job.state)

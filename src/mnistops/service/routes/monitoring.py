@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from mnistops.service.deps import StateDep
 from mnistops.service.routes.predict import ERRORS
 from mnistops.service.state import ServiceState
+from mnistops.store.jobs import JobQueue
 from mnistops.store.records import MonitorWindow
 from mnistops.store.timeline import Timeline
 
@@ -236,7 +237,7 @@ def build_dashboard(state: ServiceState, n_recent: int = 2000) -> DashboardOut:
     jobs = [
         {"id": j.id, "state": j.state, "trigger": j.trigger, "version": j.version, "created_at": j.created_at,
          "finished_at": j.finished_at, "error": j.error}
-        for j in state.store.list_jobs(limit=20)
+        for j in JobQueue(state.store).list(limit=20)
     ]  # fmt: skip
     return DashboardOut(
         model={"version": m.version, "backend": m.backend, "metrics": {k: v for k, v in m.metrics.items()
@@ -321,5 +322,5 @@ def jobs(state: StateDep, limit: int = Query(20, ge=1, le=200)) -> list[JobOut]:
             id=j.id, state=j.state, trigger=j.trigger, created_at=j.created_at, started_at=j.started_at,
             finished_at=j.finished_at, version=j.version, error=j.error, details=j.details or {}, log=j.log,
         )
-        for j in state.store.list_jobs(limit=limit)
+        for j in JobQueue(state.store).list(limit=limit)
     ]  # fmt: skip
