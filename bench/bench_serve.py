@@ -184,7 +184,7 @@ def verdicts(rows: list[LoadResult], retrain: dict[str, Any]) -> list[str]:
         ratio = r.rps / ref.rps
         goal = " (goal)" if name == GOAL_ROW else ""
         out.append(
-            f"{name} at c={GOAL_CONC}{goal}: {r.rps:.0f} req/s = {ratio:.1f}x {MLFLOW} ({ref.rps:.0f} req/s, "
+            f"{name} at c={GOAL_CONC}{goal}: {r.rps:.0f} req/s = {ratio:.2f}x {MLFLOW} ({ref.rps:.0f} req/s, "
             f"p99 {ref.p99_ms:.1f} ms) (>= {GOAL_RATIO:.0f}x: {mark[ratio >= GOAL_RATIO]}), "
             f"p99 {r.p99_ms:.1f} ms (<= {GOAL_P99_MS:.0f}: {mark[r.p99_ms <= GOAL_P99_MS]})"
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistops.settings import Settings
+from mnistops.store.jobs import JobQueue
 from mnistops.store.predictions import PredictionStore
 from serve_load import LoadResult, stop
 from serve_servers import service_env
@@ -24,11 +25,11 @@ Drive = Callable[[str, int, float], LoadResult]  # (row name, concurrency, secon
 JOB_FINISH_WAIT_S = 120.0
 
 
-def _wait_training(store: PredictionStore, job_id: int, worker: subprocess.Popen[bytes]) -> str | None:
+def _wait_training(jobs: JobQueue, job_id: int, worker: subprocess.Popen[bytes]) -> str | None:
     """None once the job trains; else why it never got there."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        job = store.get_job(job_id)
+        job = jobs.get(job_id)
         started = job.started_at or job.heartbeat_at or time.time()
         if job.state == "running" and ("training" in job.log or time.time() - started > 5):
             return None
@@ -46,7 +47,8 @@ def retrain_rows(
     """Idle and during-a-job c=8 rows of the running server whose log is ``db_url``, and what happened."""
     idle = drive(f"{name}, idle", 8, seconds)
     store = PredictionStore(db_url)
-    job = store.create_job("bench-serve")
+    jobs = JobQueue(store)
+    job = jobs.submit("bench-serve")
     env = service_env(s, MNISTOPS_DATABASE_URL=db_url, MNISTOPS_WORKER_PORT="0")
     log = tmp / "worker.log"
     with log.open("wb") as fh:
@@ -55,20 +57,20 @@ def retrain_rows(
         )
     info: dict[str, Any] = {"job": job.id}
     try:
-        why = _wait_training(store, job.id, worker)
+        why = _wait_training(jobs, job.id, worker)
         if why is not None:
             info.update(measured=False, reason=why, worker_log=log.read_text(errors="replace")[-2000:])
             return [idle], info
         t0 = time.time()
         during = drive(f"{name}, retrain in the worker", 8, seconds)
         t1 = time.time()
-        after = store.get_job(job.id)
+        after = jobs.get(job.id)
         covered = after.state == "running" or (after.finished_at or 0) >= t1
         try:  # the row is measured; let a fast job finish (its duration is worth reporting)
             worker.wait(JOB_FINISH_WAIT_S)
         except subprocess.TimeoutExpired:
             stop(worker)
-        final = store.get_job(job.id)
+        final = jobs.get(job.id)
         info.update(
             measured=True,
             job_running_whole_measurement=covered,
