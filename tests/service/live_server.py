@@ -24,6 +24,7 @@ from mnistops.settings import Settings
 from mnistops.training.data import FILES
 
 REPO = Path(__file__).resolve().parents[2]
+CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a graceful shutdown
 
 
 @dataclass

@@ -71,7 +71,7 @@ def _feedback_link(pointer: str) -> dict[str, object]:
 def _image_from_json(item: PixelsIn | Base64In, max_bytes: int) -> np.ndarray:
     if isinstance(item, PixelsIn):
         if not item.preprocess:
-            # ImageIn already checked 28 rows x 28 strict ints in 0..255: skip the re-validation
+            # PixelsIn already checked 28 rows x 28 integral numbers in 0..255: skip the re-validation
             # of from_pixels (a per-value Python loop, ~15% of a request's CPU)
             return np.array(item.pixels, dtype=np.uint8)
         return preprocess.from_pixels(item.pixels, preprocess=True)
