@@ -9,7 +9,7 @@ DATA_STAMP := .mnistops/data/.verified
 export MNISTOPS_HOME ?= .mnistops
 BENCH_TRAIN_ARGS ?= --repeats 3  # alternating seed/mnistops pairs: median and pooled ratio
 
-.PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-drift clean system-deps
+.PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-retention bench-drift clean system-deps
 
 setup: $(STAMP) $(DATA_STAMP) system-deps
 
@@ -25,12 +25,22 @@ $(DATA_STAMP): $(STAMP)
 	$(BIN)/mnistops data fetch
 	@touch $(DATA_STAMP)
 
-# Debian chromium for the browser tests (never `playwright install`: it downloads a browser).
+# Debian packages the tests and benches run for real (never `playwright install`: it downloads a
+# browser): chromium (browser tests), prometheus + promtool and alertmanager (rule tests, the
+# cluster), nginx (the cluster's load balancer), wrk (bench-serve), postgresql (store and cluster).
+SYSTEM_CMDS := chromium:chromium promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+  nginx:nginx wrk:wrk
 system-deps:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
-	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
-	  else echo "note: chromium missing; browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+	@missing=""; for pair in $(SYSTEM_CMDS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; done; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; } || \
+	    echo "NOTICE: could not install$$missing; the tests that need them will be SKIPPED"; \
+	  else echo "NOTICE: missing$$missing (sudo apt-get install$$missing); tests that need them will be SKIPPED"; fi; fi
 
 demo: setup
 	$(BIN)/mnistops demo $(DEMO_ARGS)
@@ -50,8 +60,19 @@ test: lint typecheck pytest
 bench-train: setup
 	$(PY) bench/bench_train.py $(BENCH_TRAIN_ARGS)
 
+# wrk is the bench's only load generator (a slower client would change every figure): install it
+# when missing (Debian, as root), else stop with the command to run. Never a silent fallback.
 bench-serve: setup
-	$(PY) bench/bench_serve.py
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then export DEBIAN_FRONTEND=noninteractive; echo "installing wrk"; \
+	    apt-get install -y -q wrk >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }; fi; \
+	  command -v wrk >/dev/null || { echo "error: bench-serve needs wrk: sudo apt-get install -y wrk" >&2; exit 1; }; }
+	$(PY) bench/bench_serve.py $(BENCH_SERVE_ARGS)
+
+# a writer's commit latency on SQLite while retention prunes 100k rows (archive on)
+bench-retention: setup
+	$(PY) bench/bench_retention.py
 
 bench-drift: setup
 	$(PY) bench/bench_drift.py

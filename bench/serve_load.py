@@ -1,7 +1,8 @@
-"""Load-generation helpers for `make bench-serve`: server subprocesses and the wrk / httpx drivers.
+"""Load-generation helpers for `make bench-serve`: server subprocesses and the wrk driver.
 
-wrk (C, one thread) is preferred because the client shares the 2 cores with the server; without
-it a multiprocess httpx client is used (slower, so its numbers under-state the server).
+wrk (C, one thread) is the only client: it shares the cores with the server, so a slower Python
+client would under-state every server differently. Without wrk the bench stops (``require_wrk``);
+``make bench-serve`` installs it.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def run_wrk(
     """One closed-loop wrk run (1 client thread: the client must leave CPU to the server)."""
     script = workdir / "post.lua"
     script.write_text(WRK_LUA)
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
+    cmd = [require_wrk(), "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
     out = subprocess.run([*cmd, base, "--", str(bodies), path], capture_output=True, text=True, check=True)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
@@ -129,71 +130,14 @@ def run_wrk(
     )
 
 
-def _httpx_worker(args: tuple[str, list[str], int, float]) -> tuple[list[float], int]:
-    import asyncio
-
-    import httpx
-
-    url, bodies, conc, seconds = args
-
-    async def main() -> tuple[list[float], int]:
-        lat: list[float] = []
-        errors = 0
-        end = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-        async with httpx.AsyncClient(limits=limits, timeout=10) as client:
-
-            async def one(k: int) -> None:
-                nonlocal errors
-                i = k
-                while time.perf_counter() < end:
-                    t0 = time.perf_counter()
-                    try:
-                        r = await client.post(url, content=bodies[i % len(bodies)], headers=_JSON)
-                        ok = r.status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    lat.append(time.perf_counter() - t0)
-                    errors += not ok
-                    i += 7
-
-            await asyncio.gather(*(one(k) for k in range(conc)))
-        return lat, errors
-
-    return asyncio.run(main())
-
-
-_JSON = {"content-type": "application/json"}
-
-
-def run_httpx(
-    base: str, path: str, bodies: Path, concurrency: int, seconds: float, server: str, procs: int = 2
-) -> LoadResult:
-    """Fallback load generator: ``procs`` processes of asyncio httpx clients."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    import numpy as np
-
-    lines = bodies.read_text().splitlines()
-    procs = max(1, min(procs, concurrency))
-    shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(procs) as ex:
-        parts = list(ex.map(_httpx_worker, [(base + path, lines, c, seconds) for c in shares]))
-    wall = time.perf_counter() - t0
-    lat = np.array([x for p in parts for x in p[0]]) * 1000
-    errors = sum(p[1] for p in parts)
-    n = len(lat)
-    p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99))
-    return LoadResult(
-        server, concurrency, n, min(wall, seconds), (n - errors) / seconds, p50, p95, p99, float(lat.max()),
-        errors, "httpx",
-    )  # fmt: skip
-
-
-def have_wrk() -> bool:
-    """True if the wrk binary is on PATH."""
-    return shutil.which("wrk") is not None
+def require_wrk() -> str:
+    """Path of the wrk binary; exits with a readable error when it is missing (never falls back)."""
+    path = shutil.which("wrk")
+    if path is None:
+        raise SystemExit(
+            "bench-serve needs wrk: `apt-get install -y wrk` (Debian; `make bench-serve` installs it as root)"
+        )
+    return path
 
 
 def load_average() -> tuple[float, float, float]:

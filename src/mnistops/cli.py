@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mnistops.errors import MnistopsError
 from mnistops.settings import Settings, get_settings
+from mnistops.tables import metrics_table, models_table
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(no_args_is_help=True, help="Dataset commands.")
@@ -61,7 +62,7 @@ def train(
         raise typer.BadParameter("precision must be auto, bf16 or fp32")
     cfg = replace(cfg, seed=seed, precision=precision)  # type: ignore[arg-type]
     res = run_training(cfg, _settings(), out_dir=out, track=track)
-    _print_metrics(res.metrics, f"model written to {res.out_dir}")
+    console.print(metrics_table(res.metrics, f"model written to {res.out_dir}"))
 
 
 @app.command()
@@ -78,7 +79,9 @@ def evaluate(model_dir: Annotated[Path, typer.Argument(help="A trained model fol
     for k in range(10):
         t.add_row(str(k), *(f"{pc[m][k]:.4f}" for m in ("precision", "recall", "f1")))
     console.print(t)
-    _print_metrics({k: v for k, v in ev.items() if not isinstance(v, dict | list)}, "evaluation")
+    console.print(
+        metrics_table({k: v for k, v in ev.items() if not isinstance(v, dict | list)}, "evaluation")
+    )
 
 
 def _registry() -> Any:
@@ -147,40 +150,8 @@ def rollback(
 @app.command()
 def models() -> None:
     """List registered versions with metrics, gate result, aliases and promotion info."""
-    print_models(_registry())
-
-
-def print_models(reg: Any) -> None:
-    """The registry table (also printed by the demo)."""
-    t = Table(title=f"registered model {reg.name}")
-    for col in (
-        "version",
-        "aliases",
-        "test acc",
-        "noisy acc",
-        "params",
-        "gate",
-        "promoted by",
-        "promoted at",
-    ):
-        t.add_column(col)
-    for v in reg.list_versions():
-        gate = (
-            "-"
-            if v.gate_passed is None
-            else ("[green]pass[/]" if v.gate_passed else "[red]FAIL[/] " + ",".join(v.gate_failed_checks))
-        )
-        t.add_row(
-            v.version,
-            ", ".join(v.aliases),
-            f"{v.metrics.get('test_accuracy', float('nan')):.4f}",
-            f"{v.metrics.get('noisy_test_accuracy', float('nan')):.4f}",
-            str(int(v.metrics.get("params", 0))),
-            gate + (" [red](forced)[/]" if v.forced else ""),
-            v.promoted_by or "",
-            (v.promoted_at or "")[:19],
-        )
-    console.print(t)
+    reg = _registry()
+    console.print(models_table(reg.name, reg.list_versions()))
 
 
 @app.command()
@@ -202,7 +173,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve the champion over HTTP (FastAPI + ONNX Runtime); follows promotions without restart."""
+    """Serve the champion over HTTP (an API replica: FastAPI + ONNX Runtime); follows promotions."""
     import uvicorn
 
     s = _settings()
@@ -224,12 +195,12 @@ monitor_app = typer.Typer(no_args_is_help=True, help="Production monitoring.")
 app.add_typer(monitor_app, name="monitor")
 
 
-def _monitor_runner(metrics: Any = None) -> Any:
+def _monitor_runner() -> Any:
     from mnistops.monitor.runner import MonitorRunner
     from mnistops.store.predictions import PredictionStore
 
     s = _settings()
-    return MonitorRunner(s, PredictionStore(s.database), _registry(), metrics=metrics)
+    return MonitorRunner(s, PredictionStore(s.database), _registry())
 
 
 @monitor_app.command("check")
@@ -245,32 +216,54 @@ def monitor_check(last: Annotated[int, typer.Option(help="Evaluate the last N pr
 
 
 @monitor_app.command("run")
-def monitor_run(
-    metrics_port: Annotated[
-        int, typer.Option(help="Serve Prometheus metrics on this port (0 = off).")
-    ] = 8001,
+def monitor_run() -> None:
+    """Evaluate windows continuously (windows, alerts, webhooks, /metrics on MNISTOPS_MONITOR_PORT).
+
+    Stop with SIGTERM or Ctrl+C: the current window finishes, queued webhooks are flushed.
+    """
+    from mnistops.monitor.role import run_monitor
+
+    s = _settings()
+    where = f", /metrics on port {s.monitor_port}" if s.monitor_port else ""
+    console.print(f"monitoring {s.database} every {s.monitor_interval_seconds}s{where}")
+    run_monitor(s)
+
+
+def _retention(store: Any, registry: Any = None) -> Any:
+    """The retention role on ``store`` (None when no retention limit is set)."""
+    from mnistops.registry.core import CHALLENGER
+    from mnistops.store.retention_service import retention_service
+
+    reg = _registry()
+    return retention_service(
+        _settings(), store, challenger=lambda: reg.alias_version(CHALLENGER), registry=registry
+    )
+
+
+store_app = typer.Typer(no_args_is_help=True, help="The operational database (prediction log, events, jobs).")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("prune")
+def store_prune(
+    dry_run: Annotated[bool, typer.Option(help="Only count what would be pruned now.")] = False,
+    once: Annotated[bool, typer.Option(help="One pass, then exit (default: every interval).")] = False,
 ) -> None:
-    """Evaluate windows continuously (alerts, gauges); stop with SIGTERM or Ctrl+C."""
-    import signal
-    import threading
+    """Apply the retention policy (MNISTOPS_RETENTION_*): archive to Parquet, then delete, in batches."""
+    from mnistops.errors import ConfigError
+    from mnistops.runtime import stop_on_signals
+    from mnistops.store.predictions import PredictionStore
 
-    from prometheus_client import start_http_server
-
-    from mnistops.monitor.metrics import MonitorMetrics
-
-    metrics = MonitorMetrics()
-    if metrics_port:
-        start_http_server(metrics_port, registry=metrics.registry)
-    runner = _monitor_runner(metrics)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(f"monitoring {_settings().database} every {_settings().monitor_interval_seconds}s")
-    try:
-        runner.run_forever(stop)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        runner.stop()
+    service = _retention(PredictionStore(_settings().database))
+    if service is None:
+        raise ConfigError("no retention limit: set MNISTOPS_RETENTION_MAX_AGE_SECONDS and/or _MAX_ROWS")
+    if dry_run or once:
+        console.print(service.retention.run(dry_run=dry_run).summary())
+        return
+    console.print(f"pruning {_settings().database} every {service.interval:.0f}s")
+    stop_on_signals(service.start().stopping)
+    service.stopping.wait()
+    service.stop(timeout=30)
 
 
 worker_app = typer.Typer(no_args_is_help=True, help="Retraining workers (any number, any host).")
@@ -281,12 +274,19 @@ app.add_typer(controller_app, name="controller")
 
 @worker_app.command("run")
 def worker_run(
-    once: Annotated[bool, typer.Option(help="Run at most one job, then exit.")] = False,
+    once: Annotated[bool, typer.Option(help="Run at most one queued job, then exit.")] = False,
 ) -> None:
     """Claim queued retrain jobs and run them at low CPU priority; stop with SIGTERM or Ctrl+C."""
+    from mnistops.errors import JobError
+    from mnistops.worker.priority import lower_priority
+
+    s = _settings()
+    lower_priority(s.worker_nice)  # before numpy/torch start threads: they inherit it
     from mnistops.worker import run_worker
 
-    run_worker(_settings(), once=once)
+    job = run_worker(s, once=once)
+    if once and job is not None and job.state != "succeeded":
+        raise JobError(job.error or f"job {job.id} {job.state}")
 
 
 @controller_app.command("run")
@@ -298,11 +298,26 @@ def controller_run() -> None:
 
 
 @app.command()
-def up() -> None:
-    """Run every role (serve, monitor, controller, worker) as supervised processes; Ctrl+C stops all."""
-    from mnistops.up import run_up
+def up(
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated roles to run, e.g. serve,monitor (default all).")
+    ] = None,
+    procfile: Annotated[
+        Path | None, typer.Option(help="Procfile to read (default ./Procfile, else the built-in roles).")
+    ] = None,
+    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL on stop.")] = 30.0,
+    max_restarts: Annotated[
+        int, typer.Option(help="Consecutive failed runs of a role before `up` stops everything.")
+    ] = 5,
+) -> None:
+    """Run every role (serve, monitor, controller, worker) as supervised processes; Ctrl+C stops all.
 
-    code = run_up(_settings())
+    A role that exits is restarted after 1, 2, 4 … 30 s; exit code 0 after a stop, 1 after a crash loop.
+    """
+    from mnistops.up import RestartPolicy, run_up
+
+    policy = RestartPolicy(grace_seconds=grace, max_restarts=max_restarts)
+    code = run_up(_settings(), procfile=procfile, only=only, policy=policy)
     if code:
         raise typer.Exit(code)
 
@@ -310,19 +325,34 @@ def up() -> None:
 @app.command()
 def retrain(
     trigger: Annotated[str, typer.Option(help="Recorded as the job's trigger.")] = "cli",
+    queue_only: Annotated[
+        bool, typer.Option("--queue-only", help="Only queue the job (a worker runs it); print its id.")
+    ] = False,
 ) -> None:
-    """Run one retraining job now (MNIST + labelled production data → register → gates → challenger)."""
-    from mnistops.store.predictions import PredictionStore
-    from mnistops.worker.jobs import RetrainJobRunner
+    """Run one retraining job now (MNIST + labelled production data → register → gates → challenger).
+
+    The job is queued and claimed by this process as a worker would claim it; if a job is already
+    queued or running, that one is run (or followed) instead of a second.
+    """
+    from mnistops.errors import JobError
 
     s = _settings()
-    jobs = RetrainJobRunner(s, PredictionStore(s.database), _registry(), epoch_size=s.retrain_epoch_size)
-    job = jobs.run_job(jobs.submit(trigger))
-    console.print(f"job {job.id}: {job.state}" + (f" (version {job.version})" if job.version else ""))
-    console.print(job.log)
-    if job.state != "succeeded":
-        from mnistops.errors import JobError
+    if queue_only:
+        from mnistops.store.jobs import JobQueue
+        from mnistops.store.predictions import PredictionStore
 
+        queued = JobQueue(PredictionStore(s.database)).submit(trigger)
+        console.print(queued.id)
+        return
+    from mnistops.worker.priority import lower_priority
+
+    lower_priority(s.worker_nice)  # trains like a worker: before numpy/torch start threads
+    from mnistops.worker.role import retrain_now
+
+    job = retrain_now(s, trigger)
+    console.print(f"job {job.id}: {job.state}" + (f" (version {job.version})" if job.version else ""))
+    console.print(job.log, markup=False, highlight=False)
+    if job.state != "succeeded":
         raise JobError(job.error or f"job {job.id} {job.state}")
 
 
@@ -335,17 +365,6 @@ def demo(
     from mnistops.demo.run import run_demo
 
     run_demo(_settings(), serve=serve, report_path=report)
-
-
-def _print_metrics(metrics: dict[str, Any], title: str) -> None:
-    t = Table(title=title)
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in metrics.items():
-        if isinstance(v, float):
-            v = f"{v:.4f}"
-        t.add_row(k, str(v))
-    console.print(t)
 
 
 def main() -> None:

@@ -186,12 +186,38 @@ class StoreError(MnistopsError):
     code = "store_unavailable"
 
 
+class ConflictError(StoreError):
+    """A compare-and-set lost: another writer changed the row first (re-read, then decide again)."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class LeadershipLostError(MnistopsError):
+    """This process no longer holds the leader lease: it must stop acting (another leader may act)."""
+
+    exit_code = 10
+    code = "leadership_lost"
+
+
+class JournalError(StoreError):
+    """The replica's local prediction journal refused a write (disk full, I/O error): not accepted."""
+
+    code = "journal_unavailable"
+
+
 class JobError(MnistopsError):
     """A retraining job could not start or failed."""
 
     http_status = 409
     exit_code = 11
     code = "job_error"
+
+
+class LeaseLostError(JobError):
+    """This worker no longer holds the job's lease (it expired and another worker may run it)."""
+
+    code = "lease_lost"
 
 
 class DriftDetectedError(MnistopsError):

@@ -8,12 +8,13 @@ directory is needed.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -47,13 +48,12 @@ class Settings(BaseSettings):
     window_size: int = Field(500, ge=10, description="Predictions per monitoring window.")
     window_step: int | None = Field(None, description="Sliding step; default = window_size.")
     monitor_interval_seconds: float = Field(5.0, gt=0)
-    monitor_in_serve: bool = Field(False, description="Run the monitor inside `serve`.")
     alerts_file: Path | None = Field(None, description="Alert rules YAML; default built-ins.")
-    webhook_urls: list[str] = Field(default_factory=list, description="Alert webhook receivers.")
-    # --- closed loop -------------------------------------------------------------------
-    loop_in_serve: bool = Field(
-        False, description="Run monitor + closed loop (retrain/shadow/watch) in `serve`."
+    # NoDecode: the env value reaches _split_urls as text (comma-separated or a JSON list)
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Alert webhook receivers."
     )
+    # --- closed loop -------------------------------------------------------------------
     shadow_requests: int = Field(500, ge=0, description="Requests the challenger shadows.")
     shadow_min_labelled: int = Field(50, ge=1, description="Labelled shadowed requests before a verdict.")
     retrain_min_labelled: int = Field(100, ge=0, description="Labelled production inputs needed to retrain.")
@@ -81,10 +81,16 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(3, ge=1, description="Claims of one job before it is failed for good.")
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
     worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness of training (serving goes first).")
+    worker_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long a running job may finish before it is handed back."
+    )
     # --- durability and retention of the prediction log -------------------------------------
     durability: Literal["process", "power"] = Field(
         "process",
         description="process: an answered prediction survives kill -9; power: also power loss (fsync).",
+    )
+    journal_segment_bytes: int = Field(
+        8 << 20, ge=4096, description="Prediction journal segment size (deleted once committed)."
     )
     retention_max_age_seconds: float | None = Field(
         None, gt=0, description="Prune predictions older than this (default: keep forever)."
@@ -95,12 +101,20 @@ class Settings(BaseSettings):
     )
     retention_batch_rows: int = Field(1000, gt=0, description="Rows deleted per retention transaction.")
     retention_interval_seconds: float = Field(60.0, gt=0, description="How often retention runs.")
+    retention_feedback_grace_seconds: float = Field(
+        3600.0, ge=0, description="Keep predictions this young: their feedback may still arrive."
+    )
+    retention_keep_unmonitored: bool = Field(
+        True, description="Keep predictions the monitor has not evaluated (off when no monitor runs)."
+    )
 
     @field_validator("webhook_urls", mode="before")
     @classmethod
     def _split_urls(cls, v: object) -> object:
         # allow MNISTOPS_WEBHOOK_URLS="http://a,http://b" as well as a JSON list
-        if isinstance(v, str) and not v.strip().startswith("["):
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
             return [u.strip() for u in v.split(",") if u.strip()]
         return v
 
@@ -131,9 +145,9 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.home / 'predictions.db').resolve()}"
 
     @property
-    def spill_path(self) -> Path:
-        """Append-only file used when the prediction store is down."""
-        return self.home / "spill" / "predictions.jsonl"
+    def journal_dir(self) -> Path:
+        """The replica's prediction journal (one locked slot per serving process)."""
+        return self.home / "journal"
 
     @property
     def step(self) -> int:
@@ -142,7 +156,7 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         """Create the local state folders (never called on import)."""
-        for p in (self.home, self.data_path, self.models_path, self.spill_path.parent):
+        for p in (self.home, self.data_path, self.models_path, self.journal_dir):
             p.mkdir(parents=True, exist_ok=True)
 
 

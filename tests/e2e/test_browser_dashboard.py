@@ -1,10 +1,12 @@
 """A drifted stream replayed through the live API: alert, webhook, /metrics, and the dashboard in Chromium.
 
 Clean held-out digits (2 windows of 100), then rotated + noisy test digits (2 windows), each posted
-to ``POST /v1/predict`` with its true label sent as feedback. The monitor runs inside the service
-(``attach_to_service``). Expected: no drift on the clean windows, the ``DataDrift`` alert fires within
-2 windows of the shift, the loopback webhook receives it, ``/metrics`` shows it firing, and
-``/dashboard`` renders the firing alert, the detector charts, suspicious inputs and the model version.
+to ``POST /v1/predict`` with its true label sent as feedback. The monitor runs beside the API
+replica, as the monitor role does: a :class:`MonitorRunner` on the same store with its own
+``/metrics`` endpoint (here in the test process, over the fake registry). Expected: no drift on
+the clean windows, the ``DataDrift`` alert fires within 2 windows of the shift, the loopback
+webhook receives it, the monitor's ``/metrics`` shows it firing, and ``/dashboard`` renders the
+firing alert, the detector charts, suspicious inputs and the model version.
 A screenshot is saved to artifacts/screenshots/dashboard.png.
 """
 
@@ -20,8 +22,9 @@ import pytest
 from waiting import wait_for
 
 from mnistops.demo.scenarios import compose, noise, rotate
-from mnistops.monitor.runner import attach_to_service
-from mnistops.service.state import ServiceState
+from mnistops.monitor.metrics import MonitorMetrics
+from mnistops.monitor.runner import MonitorRunner
+from mnistops.runtime import RoleEndpoint, health_dict
 from mnistops.settings import Settings
 from mnistops.training.data import Mnist, split_train_val
 
@@ -35,11 +38,6 @@ WINDOW = 100
 N_CLEAN = 2 * WINDOW
 N_DRIFT = 2 * WINDOW
 DETECTORS = {"bbsd", "mmd", "prior", "inputs", "ood", "combined"}
-
-
-def start_monitor(state: ServiceState) -> None:
-    """``on_start`` hook: the monitor runs in the service (create_app types the hook as -> None)."""
-    attach_to_service(state)
 
 
 def replay(client: httpx.Client, images: np.ndarray, labels: np.ndarray) -> list[int]:
@@ -80,6 +78,7 @@ def point_radii(page: Page, detector: str) -> list[float]:
 def test_drifted_stream_alert_reaches_webhook_metrics_and_dashboard(
     browser: Browser,
     live_server: Callable[..., Any],  # conftest.LiveServer factory
+    fake_registry: Any,
     webhook: tuple[str, list[dict[str, Any]]],
     mnist: Mnist,
     settings: Settings,  # clears MNISTOPS_* from the environment for the session
@@ -87,16 +86,17 @@ def test_drifted_stream_alert_reaches_webhook_metrics_and_dashboard(
     screenshot_path: Callable[[str], Path],
 ) -> None:
     hook_url, received = webhook
-    live = live_server(
-        Settings(
-            home=tmp_path,
-            window_size=WINDOW,
-            monitor_interval_seconds=0.2,
-            webhook_urls=[hook_url],
-            shadow_requests=0,
-        ),
-        on_start=start_monitor,
+    role_settings = Settings(
+        home=tmp_path,
+        window_size=WINDOW,
+        monitor_interval_seconds=0.2,
+        webhook_urls=[hook_url],
+        shadow_requests=0,
     )
+    live = live_server(role_settings)
+    monitor_metrics = MonitorMetrics()
+    runner = MonitorRunner(role_settings, live.state.store, fake_registry, metrics=monitor_metrics).start()
+    endpoint = RoleEndpoint(0, monitor_metrics.registry, lambda: health_dict(runner)).start()
     s = split_train_val(mnist)
     # clean traffic: validation images the profile did not use (and training never saw)
     clean_x = s.val_x[N_REF : N_REF + N_CLEAN].numpy()
@@ -158,8 +158,8 @@ def test_drifted_stream_alert_reaches_webhook_metrics_and_dashboard(
         assert shift_at <= hooked["window"] < shift_at + 2, hooked
         assert hooked["model_version"] == "1" and hooked["annotations"]["summary"]
 
-        # 4) Prometheus sees it
-        metrics = client.get("/metrics").text
+        # 4) Prometheus sees it (on the monitor's endpoint)
+        metrics = httpx.get(f"http://127.0.0.1:{endpoint.port}/metrics", trust_env=False).text
         assert 'mnistops_alerts_firing{rule="DataDrift",severity="warning"} 1.0' in metrics
         assert 'mnistops_drift_detected{detector="combined"} 1.0' in metrics
         assert f"mnistops_monitor_windows_total {float(n_windows)}" in metrics
@@ -212,6 +212,8 @@ def test_drifted_stream_alert_reaches_webhook_metrics_and_dashboard(
     finally:
         client.close()
         context.close()
+        runner.stop()
+        endpoint.stop()
     assert chart_labels == [f"#{i}" for i in range(n_windows)], "dashboard windows are not oldest first"
     assert [r > 3 for r in radii] == [w["drifted"] for w in windows], f"point radii {radii}"
     assert combined == str(windows[-1]["drifted"]).lower(), "detector state is not the newest window's"

@@ -1,4 +1,8 @@
-"""The demo's closed loop, smaller: drift, retrain, shadow, promote, recovery, bad release, auto-rollback."""
+"""The demo's closed loop on `mnistops up` (serve, monitor, controller, worker as processes), smaller.
+
+Drift, retrain in the worker, shadow, promote, recovery, a forced bad release and its automatic
+rollback, all decided by the roles; the test only sends traffic and reads serve's timeline.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from mnistops.demo.run import DemoResult, LoopDemoConfig, run_loop_demo, stop_service
+from mnistops.demo.loop import DemoResult, run_loop_demo
+from mnistops.demo.topology import LoopDemoConfig, stop_up
 from mnistops.settings import Settings
 from mnistops.training.data import Mnist
 
@@ -21,8 +26,8 @@ def loop_result(settings: Settings, mnist: Mnist, trained_model_dir: Path) -> De
     )
     res, client, proc = run_loop_demo(settings, mnist, trained_model_dir, serve=False, cfg=cfg)
     client.close()
-    stop_service(proc)  # SIGTERM: the service flushes its log and exits
-    assert proc.returncode is not None
+    stop_up(proc)  # SIGTERM to `up`: every role stops (serve flushes its log first)
+    assert proc.returncode == 0, f"mnistops up exited with {proc.returncode}"
     return res
 
 

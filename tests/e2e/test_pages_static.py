@@ -2,13 +2,16 @@
 
 The pages: every element id the browser tests rely on exists, every asset is local and present
 (no CDN, no web fonts), and the vendored chart library matches its recorded checksum.
-deploy/: configs parse, alert rules are well-formed and only use metric names we export, the
-Grafana dashboard is consistent; `promtool` checks and rule unit tests run where it is installed.
+deploy/: configs parse, alert rules are well-formed, the Grafana dashboard is consistent, every
+series the rules and the dashboard query (names derived from their PromQL) is exported by some
+role's ``metrics_registry()``, and Prometheus scrapes every role on its default port; `promtool`
+checks and rule unit tests run where it is installed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 import shutil
@@ -19,37 +22,34 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from mnistops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 STATIC = REPO / "src" / "mnistops" / "service" / "static"
 DEPLOY = REPO / "deploy"
 
-# the contract's metric names (counters as exposed, with _total; histograms by base name)
-METRICS = {
-    "mnistops_http_requests_total",
-    "mnistops_http_request_duration_seconds",
-    "mnistops_predictions_total",
-    "mnistops_prediction_confidence",
-    "mnistops_model_info",
-    "mnistops_prediction_log_queue_depth",
-    "mnistops_prediction_log_write_errors_total",
-    "mnistops_prediction_log_spill_backlog",
-    "mnistops_drift_p_value",
-    "mnistops_drift_score",
-    "mnistops_drift_threshold",
-    "mnistops_drift_detected",
-    "mnistops_estimated_accuracy",
-    "mnistops_estimated_accuracy_lower",
-    "mnistops_estimated_accuracy_upper",
-    "mnistops_realized_accuracy",
-    "mnistops_ood_rate",
-    "mnistops_alerts_firing",
-    "mnistops_monitor_windows_total",
-    "mnistops_shadow_agreement_ratio",
-    "mnistops_rollbacks_total",
-    "mnistops_retrain_jobs_total",
+# Each role exposes the series it exports through one function, ``metrics_registry()`` in its
+# metrics module; the deploy/ configs may only query series some role exports.
+ROLE_METRICS = {
+    "serve": "mnistops.service.metrics",
+    "monitor": "mnistops.monitor.metrics",
+    "controller": "mnistops.controller.metrics",
+    "worker": "mnistops.worker.metrics",
 }
-HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+# series a role must export whatever the configs say (they are part of the contract)
+OWNED = {
+    "serve": {"mnistops_http_requests_total", "mnistops_model_info", "mnistops_prediction_log_spill_backlog"},
+    "monitor": {"mnistops_monitor_windows_total", "mnistops_alerts_firing", "mnistops_drift_detected"},
+    "controller": {"mnistops_rollbacks_total"},
+    "worker": {"mnistops_retrain_jobs_total"},
+}
+TARGET_LABELS = {"job", "instance"}  # attached by Prometheus at scrape time, not by the roles
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_SELECTOR = re.compile(r"(?<![\w:])(mnistops_[a-zA-Z0-9_:]+|up)\b(?!\s*\()(\{[^}]*\})?")
+_MATCHER_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 
 
 class _Elements(HTMLParser):
@@ -73,12 +73,76 @@ def _ids(tags: list[tuple[str, dict[str, str | None]]]) -> list[str]:
     return [i for _, a in tags if (i := a.get("id"))]
 
 
+def _selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, label names it is matched on) of each series selector in a PromQL expression.
+
+    Only our series (``mnistops_*``) and ``up``; string literals are blanked first, so label values
+    never look like names, and ``name(`` is a function call, not a series.
+    """
+    out = []
+    for m in _SELECTOR.finditer(_STRING.sub('""', expr)):
+        out.append((m.group(1), set(_MATCHER_LABEL.findall(m.group(2) or ""))))
+    return out
+
+
 def _metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression, histogram series mapped to their base name."""
-    out = set()
-    for name in re.findall(r"\bmnistops_[a-z0-9_]+", expr):
-        base = next((name.removesuffix(s) for s in HISTOGRAM_SUFFIXES if name.endswith(s)), name)
-        out.add(base if base in METRICS else name)
+    """Our series names in a PromQL expression (``up`` excluded: Prometheus makes it)."""
+    return {name for name, _ in _selectors(expr) if name != "up"}
+
+
+def _series(family: Metric) -> set[str]:
+    """Names PromQL may use for a metric family: counters as ``_total``, histograms with their suffixes."""
+    n = family.name
+    if family.type == "counter":
+        return {f"{n}_total"}
+    if family.type == "histogram":
+        return {n, f"{n}_bucket", f"{n}_count", f"{n}_sum"}
+    if family.type == "summary":
+        return {n, f"{n}_count", f"{n}_sum"}
+    if family.type == "info":
+        return {f"{n}_info"}
+    return {n}
+
+
+def _role_registry(role: str) -> CollectorRegistry:
+    module = ROLE_METRICS[role]
+    wire = f"{role}: wire `def metrics_registry() -> CollectorRegistry` in {module}"
+    try:
+        fn = getattr(importlib.import_module(module), "metrics_registry", None)
+    except ModuleNotFoundError as exc:
+        raise AssertionError(f"{wire} ({exc})") from exc
+    assert callable(fn), wire
+    reg = fn()
+    assert isinstance(reg, CollectorRegistry), f"{module}.metrics_registry() returned {type(reg)}"
+    return reg
+
+
+def _exported(role: str) -> dict[str, set[str] | None]:
+    """Series a role exports -> the label names its samples carry (None: no sample to tell yet)."""
+    out: dict[str, set[str] | None] = {}
+    for family in _role_registry(role).collect():
+        labels = {k for s in family.samples for k in s.labels if k not in ("le", "quantile")} or None
+        for name in _series(family):
+            out[name] = None if labels is None else labels | ({"le"} if name.endswith("_bucket") else set())
+    return out
+
+
+def _queries() -> dict[str, list[str]]:
+    """Every PromQL expression of deploy/ by where it is: alert rules, dashboard panels and variables."""
+    dash = json.loads((DEPLOY / "grafana" / "mnistops.json").read_text(encoding="utf-8"))
+    out = {f"alert {r['alert']}": [r["expr"]] for r in _rules()}
+
+    def panels(ps: list[dict[str, Any]]) -> None:
+        for p in ps:
+            out[f"panel {p['title']}"] = [t["expr"] for t in p.get("targets", []) if "expr" in t]
+            panels(p.get("panels", []))  # rows nest panels
+
+    panels(dash["panels"])
+    for v in dash["templating"]["list"]:
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        if v.get("type") == "query" and isinstance(q, str):
+            out[f"variable {v['name']}"] = [q]
     return out
 
 
@@ -167,8 +231,6 @@ def test_alert_rules_are_complete_and_use_exported_metrics() -> None:
     for r in rules:
         assert r["labels"]["severity"] in {"warning", "critical"}, r["alert"]
         assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
-        unknown = _metric_names(r["expr"]) - METRICS
-        assert not unknown, f"{r['alert']} uses unknown metrics {unknown}"
     exprs = " ".join(r["expr"] for r in rules)
     for needed in [
         "mnistops_drift_detected",
@@ -190,7 +252,20 @@ def test_prometheus_and_alertmanager_configs_parse() -> None:
     assert len(jobs["mnistops-api"]["static_configs"][0]["targets"]) > 1, (
         "example should show several replicas"
     )
-    assert "mnistops-monitor" in jobs
+    defaults = Settings()
+    ports = {
+        "mnistops-api": defaults.port,
+        "mnistops-monitor": defaults.monitor_port,
+        "mnistops-controller": defaults.controller_port,
+        "mnistops-worker": defaults.worker_port,
+    }
+    for job, port in ports.items():  # every role is scraped, on the port it listens on by default
+        targets = [t for c in jobs[job]["static_configs"] for t in c["targets"]]
+        assert targets and all(t.endswith(f":{port}") for t in targets), (job, targets)
+        assert jobs[job].get("metrics_path", "/metrics") == "/metrics"
+    for where, exprs in _queries().items():  # up{job="..."} names a scrape job that exists
+        wanted = {j for e in exprs for j in re.findall(r'(?<![\w:])up\{[^}]*job="([^"]+)"', e)}
+        assert wanted <= set(jobs), f"{where} asks for jobs {wanted - set(jobs)}"
     am = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text(encoding="utf-8"))
     receivers = {r["name"] for r in am["receivers"]}
     routed = {am["route"]["receiver"]} | {r["receiver"] for r in am["route"]["routes"]}
@@ -210,11 +285,9 @@ def test_grafana_dashboard_is_consistent() -> None:
         for t in p.get("targets", []):
             assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
             exprs.append(t["expr"])
-    unknown = set().union(*(_metric_names(e) for e in exprs)) - METRICS
-    assert not unknown, f"dashboard uses unknown metrics {unknown}"
     used = set().union(*(_metric_names(e) for e in exprs))
     assert {
-        "mnistops_http_request_duration_seconds",
+        "mnistops_http_request_duration_seconds_bucket",
         "mnistops_drift_p_value",
         "mnistops_realized_accuracy",
     } <= used
@@ -231,3 +304,35 @@ def test_promtool_accepts_config_and_rule_unit_tests_pass() -> None:
     for args in (["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]):
         out = subprocess.run(["promtool", *args], cwd=prom, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- deploy/ against the roles' metric registries -----------------------------------------------
+@pytest.mark.parametrize("role", sorted(ROLE_METRICS))
+def test_each_role_exposes_its_metrics_registry(role: str) -> None:
+    exported = _exported(role)
+    assert exported and all(n.startswith("mnistops_") for n in exported), sorted(exported)
+    missing = OWNED[role] - set(exported)
+    assert not missing, f"{role} ({ROLE_METRICS[role]}.metrics_registry()) does not export {missing}"
+
+
+def test_every_queried_series_is_exported_by_a_role() -> None:
+    exported: dict[str, set[str] | None] = {}
+    unwired = []
+    for role in ROLE_METRICS:
+        try:
+            exported.update(_exported(role))
+        except AssertionError as exc:  # a role not wired yet: reported below with what is missing
+            unwired.append(str(exc))
+    problems = []
+    for where, exprs in sorted(_queries().items()):
+        for name, labels in (sel for e in exprs for sel in _selectors(e)):
+            if name == "up":
+                continue
+            if name not in exported:
+                owner = next((r for r, names in OWNED.items() if name in names), "no role")
+                problems.append(f"{where}: {name} is not exported (expected from: {owner})")
+                continue
+            have = exported[name]
+            if have is not None and labels - TARGET_LABELS - have:
+                problems.append(f"{where}: {name} has no label {sorted(labels - TARGET_LABELS - have)}")
+    assert not problems, "\n".join(problems + unwired)

@@ -8,22 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import Connection, text
+from store_rows import make_records
 
-from mnistops.errors import InputError, JobError, NotFoundError, StoreError
+from mnistops.errors import InputError, NotFoundError, StoreError
 from mnistops.store import schema
 from mnistops.store.predictions import MonitorWindow, PredictionRecord, PredictionStore, ShadowRecord
-
-
-def make_records(n: int, seed: int = 0, version: str = "1", t0: float = 1000.0) -> list[PredictionRecord]:
-    """n records with random images and softmax-like probabilities."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    probs = rng.random((n, 10)).astype(np.float32)
-    probs /= probs.sum(1, keepdims=True)
-    return [
-        PredictionRecord.create(images[i], probs[i], version, latency_ms=1.5 + i, ts=t0 + i, client="c")
-        for i in range(n)
-    ]
 
 
 def test_round_trip_is_exact(store: PredictionStore) -> None:
@@ -152,24 +141,6 @@ def test_monitor_windows(store: PredictionStore) -> None:
     assert last2[0].realized_accuracy is None and last2[0].estimated_lower == 0.85
     last = store.last_window()
     assert last is not None and last.end_seq == 400
-
-
-def test_retrain_jobs(store: PredictionStore) -> None:
-    job = store.create_job("drift", details={"window": 3})
-    assert job.state == "queued" and job.started_at is None
-    job = store.update_job(job.id, state="running", append_log="epoch 1\n")
-    assert job.state == "running" and job.started_at is not None
-    job = store.update_job(job.id, append_log="epoch 2\n", details={"epochs": 2})
-    job = store.update_job(job.id, state="succeeded", version="4")
-    assert job.log == "epoch 1\nepoch 2\n" and job.version == "4" and job.finished_at is not None
-    assert job.details == {"window": 3, "epochs": 2}
-    with pytest.raises(JobError):
-        store.update_job(job.id, state="running")  # terminal state
-    with pytest.raises(NotFoundError):
-        store.update_job(999, state="failed")
-    second = store.create_job("manual")
-    assert [j.id for j in store.list_jobs()] == [second.id, job.id]
-    assert [j.id for j in store.list_jobs(state="succeeded")] == [job.id]
 
 
 def test_migrations_idempotent_and_forward(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

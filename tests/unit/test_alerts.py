@@ -10,7 +10,8 @@ import pytest
 
 from mnistops.errors import ConfigError, StoreError
 from mnistops.monitor.alerts.engine import AlertEngine, AlertRule, load_alert_rules, parse_alert_rules
-from mnistops.monitor.alerts.notify import LogNotifier, Notification, WebhookNotifier
+from mnistops.monitor.alerts.notify import LogNotifier, Notification
+from mnistops.monitor.alerts.webhook import WebhookNotifier
 from mnistops.settings import Settings
 from mnistops.store.predictions import PredictionStore
 from mnistops.store.records import AlertEvent

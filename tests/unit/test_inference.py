@@ -1,4 +1,4 @@
-"""ONNX / torch inference and the hot-swapping ModelFollower."""
+"""ONNX / torch inference, the hot-swapping ModelFollower and the ShadowRunner."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,11 @@ import torch
 from torch import nn
 
 from mnistops.errors import InputError, ModelError, ModelNotFoundError
+from mnistops.service.follower import ModelFollower
 from mnistops.service.inference import (
     MEAN,
     STD,
     LoadedModel,
-    ModelFollower,
     OnnxClassifier,
     TorchClassifier,
     load_model_dir,
@@ -215,7 +216,7 @@ def test_background_thread_follows_the_alias(models: dict) -> None:
         assert follower.current().version == "2"
     finally:
         follower.stop()
-    assert follower._thread is None
+    assert not follower.running and follower.health().steps >= 1
 
 
 def test_concurrent_readers_never_see_half_loaded_or_mixed_models(models: dict, images: np.ndarray) -> None:
@@ -267,3 +268,49 @@ def test_concurrent_readers_never_see_half_loaded_or_mixed_models(models: dict, 
             t.join()
     assert not errors, errors[0]
     assert seen == {"1", "2"} and follower.swaps == 13
+
+
+def test_shadow_runner_scores_within_budget_and_survives_bad_batches(
+    models: dict, images: np.ndarray
+) -> None:
+    from mnistops.service.shadow import ShadowRunner
+
+    target: list[tuple[str, Path] | None] = [("2", models["2"][0])]
+    records: list = []
+    agreement: list[float] = []
+    runner = ShadowRunner(
+        lambda: target[0], records.append, max_requests=5, poll_seconds=0.01, on_agreement=agreement.append
+    ).start()  # loads the challenger synchronously
+    try:
+        ch = runner.challenger()
+        assert ch is not None and ch.version == "2" and runner.active
+        runner.offer("bad", np.zeros((3, 3), np.uint8), 0)  # a batch that cannot be stacked
+        assert wait_until(lambda: runner.scorer_health().errors == 1)
+        champion = OnnxClassifier(models["1"][0]).predict(images)[0].argmax(1)
+        for i, img in enumerate(images):
+            runner.offer(f"p{i}", img, int(champion[i]))
+        assert wait_until(lambda: runner.scored == 5), runner.scorer_health()
+        assert not runner.active  # budget used up: further offers are ignored
+        expected = OnnxClassifier(models["2"][0]).predict(images)[0].argmax(1)
+        got = {r.prediction_id: r.label for r in records}
+        assert len(records) == 5 and all(got[f"p{i}"] == expected[i] for i in range(7) if f"p{i}" in got)
+        assert (
+            runner.agreement
+            == agreement[-1]
+            == float(np.mean([expected[int(p[1:])] == champion[int(p[1:])] for p in got]))
+        )
+        target[0] = None  # the challenger alias is cleared: the poller drops it
+        assert wait_until(lambda: runner.challenger() is None)
+        assert runner.health().steps >= 1 and runner.health().errors == 0
+    finally:
+        runner.stop()
+    assert not runner.running and not runner.scorer_health().alive
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from mnistops.monitor.alerts.engine import AlertEngine, AlertRule
-from mnistops.monitor.alerts.notify import LogNotifier, Notification, WebhookNotifier, webhook_payload
+from mnistops.monitor.alerts.notify import LogNotifier, Notification, webhook_payload
+from mnistops.monitor.alerts.webhook import WebhookNotifier
 from mnistops.store.predictions import PredictionStore
 
 

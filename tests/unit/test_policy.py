@@ -7,13 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from mnistops.controller.policy import (
-    PromotionWatch,
-    RetrainPolicy,
-    ShadowVerdict,
-    mcnemar,
-)
-from mnistops.worker.steps import decide_production_gate
+from mnistops.controller.policy import PromotionWatch, RetrainPolicy
+from mnistops.controller.verdict import ShadowVerdict
+from mnistops.gates.stats import mcnemar, wilson_upper
+from mnistops.worker.steps import ProductionGateConfig, decide_production_gate
 
 
 @dataclass
@@ -30,6 +27,24 @@ def test_mcnemar_counts_discordant_pairs_only() -> None:
     assert (t.b, t.c) == (1, 2)
     assert t.p_value == pytest.approx(0.5)  # P(X >= 2 | n=3, 1/2) = 4/8
     assert mcnemar(ref, ref).p_value == 1.0  # no discordant pairs: no evidence
+
+
+def test_mcnemar_two_sided_is_the_release_gate_test() -> None:
+    ref = np.array([1] * 10 + [0] * 2, bool)
+    new = np.array([0] * 10 + [1] * 2, bool)  # b=10, c=2: new is worse
+    one, two = mcnemar(ref, new), mcnemar(ref, new, alternative="two-sided")
+    assert (two.b, two.c, two.n_discordant) == (10, 2, 12)
+    assert one.p_value > 0.99  # "new is better" is hopeless
+    assert two.p_value == pytest.approx(0.0386, abs=1e-4)  # 2 * P(X <= 2 | 12, 1/2) = 2 * 79/4096
+    with pytest.raises(ValueError, match="shape"):
+        mcnemar(ref, new[:3])
+
+
+def test_wilson_upper_bound_shrinks_with_n() -> None:
+    assert wilson_upper(0.9, 20) > wilson_upper(0.9, 2000) > 0.9
+    assert wilson_upper(1.0, 5) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        wilson_upper(0.5, 0)
 
 
 def _preds(n: int, champ_right: int, chal_right: int, both_right: int) -> tuple[np.ndarray, ...]:
@@ -66,14 +81,14 @@ def test_production_gate_small_improvement_not_significant_fails() -> None:
 
 def test_production_gate_clean_drop_fails_even_when_better_on_production() -> None:
     y, champ, chal = _preds(200, champ_right=3, chal_right=40, both_right=120)
-    r = decide_production_gate(y, champ, chal, 0.992, 0.985, clean_tolerance=0.005)
+    r = decide_production_gate(y, champ, chal, 0.992, 0.985, ProductionGateConfig(clean_tolerance=0.005))
     assert not r.passed and "clean test accuracy drops" in r.reason
     assert r.clean_drop == pytest.approx(0.007)
 
 
 def test_production_gate_needs_enough_rows() -> None:
     y, champ, chal = _preds(20, champ_right=0, chal_right=20, both_right=0)
-    r = decide_production_gate(y, champ, chal, 0.99, 0.99, min_rows=30)
+    r = decide_production_gate(y, champ, chal, 0.99, 0.99, ProductionGateConfig(min_rows=30))
     assert not r.passed and r.n == 20 and "only 20" in r.reason and r.p_value is None
 
 
@@ -171,6 +186,18 @@ def test_watch_small_noisy_window_is_not_a_rollback_but_a_broken_model_is() -> N
     assert w.observe(realized=0.9, estimated=None, realized_n=20).action == "watch"  # 18/20 right
     broken = PromotionWatch("3", previous_accuracy=0.97, tolerance=0.02, windows=3)
     assert broken.observe(realized=0.1, estimated=None, realized_n=20).action == "rollback"
+
+
+def test_watch_state_round_trips_through_json() -> None:
+    import json
+
+    w = PromotionWatch("3", previous_accuracy=0.97, tolerance=0.02, windows=3, previous_estimated=0.96)
+    w.observe(realized=0.97, estimated=None)
+    restored = PromotionWatch.restore(json.loads(json.dumps(w.state())))
+    assert restored.state() == w.state() and (restored.windows_ok, restored.observed) == (1, 1)
+    # the restored watch decides its next windows exactly as the original would have
+    assert [restored.observe(0.975, None).action, restored.observe(0.9, None).action] == ["watch", "rollback"]
+    assert restored.decision is not None and "watched window 3" in restored.decision.reason
 
 
 # --- shadow verdict --------------------------------------------------------------------------------

@@ -1,119 +1,39 @@
-"""Retraining jobs with a fake trainer and registry: job table, one job at a time, data, production gate."""
+"""Retraining jobs with a fake trainer and registry on a real job queue: steps, records, re-runs."""
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from mnistops.errors import JobError
+from helpers.retrain import (
+    TINY,
+    FakeRegistry,
+    FakeTrainer,
+    fill_store,
+    make_rig,
+    model_dir,
+    production_image,
+    tiny_mnist,
+)
 from mnistops.gates.report import CheckResult, GateReport
-from mnistops.settings import Settings
-from mnistops.store.lock import locked
-from mnistops.store.predictions import PredictionRecord, PredictionStore
-from mnistops.training.data import Mnist, Split
-from mnistops.training.model import MnistNet, ModelConfig, save_model
+from mnistops.store.predictions import PredictionStore
+from mnistops.training.data import Mnist
 from mnistops.worker import jobs as retrain
-from mnistops.worker.jobs import (
+from mnistops.worker.seams import JOB_KEY_TAG, JOB_TAG, job_key
+from mnistops.worker.steps import (
     FINETUNE_MAX_LR,
+    ProductionGateConfig,
     ProductionGateResult,
-    RetrainJobRunner,
+    clean_accuracies,
     holdout_mask,
     mix_training_set,
     production_gate,
 )
-from mnistops.worker.steps import clean_accuracies
-
-TINY = ModelConfig(c1=2, c2=2, c3=2, c4=2, c5=2, c6=2, c7=4)
-
-
-def _model_dir(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    save_model(MnistNet(TINY), path / "model.pt")
-    (path / "metrics.json").write_text(json.dumps({"test_accuracy": 0.1}))
-    return path
-
-
-@pytest.fixture
-def tiny_mnist() -> Mnist:
-    """5,200 blank training images (200 after the 5k validation split) and 50 test images."""
-    g = torch.Generator().manual_seed(0)
-    return Mnist(
-        train_images=torch.zeros(5200, 28, 28, dtype=torch.uint8),
-        train_labels=torch.randint(0, 10, (5200,), generator=g),
-        test_images=torch.randint(0, 256, (50, 28, 28), generator=g).to(torch.uint8),
-        test_labels=torch.randint(0, 10, (50,), generator=g),
-        md5="tiny",
-    )
-
-
-def _production_image(i: int) -> np.ndarray:
-    """A distinctive non-blank image whose first two pixels encode ``i``."""
-    img = np.full((28, 28), 255, np.uint8)
-    img[0, 0], img[0, 1] = i // 256, i % 256
-    return img
-
-
-def _fill_store(store: PredictionStore, n: int) -> list[str]:
-    probs = np.full(10, 0.1, np.float32)
-    recs = [PredictionRecord.create(_production_image(i), probs, "1", 1.0, ts=1000.0 + i) for i in range(n)]
-    store.insert_many(recs)
-    for i, r in enumerate(recs):
-        store.add_feedback(r.id, i % 10)
-    return [r.id for r in recs]
-
-
-@dataclass
-class FakeRegistry:
-    champion_dir: Path | None
-    gate_passes: bool = True
-    registered: list[Path] = field(default_factory=list)
-    challenger: str | None = None
-
-    def alias_version(self, alias: str) -> str | None:
-        return "1" if alias == "champion" and self.champion_dir is not None else None
-
-    def download(self, version: str) -> Path:
-        assert version == "1" and self.champion_dir is not None
-        return self.champion_dir
-
-    def register(self, model_dir: Path, run_id: str | None = None, mnist: Any = None) -> str:
-        self.registered.append(model_dir)
-        return str(1 + len(self.registered))
-
-    def gate(self, version: str, mnist: Any = None) -> Any:
-        failed = [] if self.gate_passes else ["test_accuracy"]
-        return type("Report", (), {"passed": self.gate_passes, "failed_checks": failed})()
-
-    def set_challenger(self, version: str) -> None:
-        self.challenger = version
-
-
-class FakeTrainer:
-    """Stands in for run_training: records its inputs, writes a tiny model folder, may block or fail."""
-
-    def __init__(self, fail: bool = False, block: bool = False) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.fail, self.started, self.release = fail, threading.Event(), threading.Event()
-        if not block:
-            self.release.set()
-
-    def __call__(self, cfg: Any, settings: Any, out_dir: Path, split: Split, **kw: Any) -> Any:
-        self.calls.append({"cfg": cfg, "split": split, "out_dir": out_dir, **kw})
-        self.started.set()
-        assert self.release.wait(30)
-        if self.fail:
-            raise RuntimeError("loss is NaN")
-        _model_dir(out_dir, seed=1)
-        return type("Result", (), {"out_dir": out_dir, "metrics": {"run_id": "r1", "test_accuracy": 0.1}})()
 
 
 @pytest.fixture
@@ -123,17 +43,10 @@ def store(tmp_path: Path) -> Iterator[PredictionStore]:
     s.close()
 
 
-def _runner(
-    tmp_path: Path,
-    store: PredictionStore,
-    mnist: Mnist,
-    trainer: FakeTrainer,
-    reg: FakeRegistry,
-    **settings: Any,
-) -> RetrainJobRunner:
-    s = Settings(home=tmp_path / "home", retrain_production_share=0.3, **settings)
-    fake: Any = reg  # duck-typed stand-in for mnistops.registry.core.Registry
-    return RetrainJobRunner(s, store, fake, mnist=mnist, train_fn=trainer, epoch_size=100, min_holdout=5)
+@pytest.fixture(name="tiny_mnist")
+def tiny_mnist_fixture() -> Mnist:
+    """5,200 blank training images (200 after the 5k validation split) and 50 test images."""
+    return tiny_mnist()
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -161,11 +74,12 @@ def test_mix_training_set_share_and_constant_epoch() -> None:
 
 # --- production gate with real (tiny) models -----------------------------------------------------------
 def test_production_gate_identical_models_tie_and_fail(tmp_path: Path, tiny_mnist: Mnist) -> None:
-    champ, chal = _model_dir(tmp_path / "a", seed=0), _model_dir(tmp_path / "b", seed=0)
-    images = np.stack([_production_image(i) for i in range(40)])
-    r = production_gate(chal, champ, images, np.arange(40) % 10, tiny_mnist, min_rows=10)
+    champ, chal = model_dir(tmp_path / "a", seed=0), model_dir(tmp_path / "b", seed=0)
+    images = np.stack([production_image(i) for i in range(40)])
+    cfg = ProductionGateConfig(min_rows=10)
+    r = production_gate(chal, champ, images, np.arange(40) % 10, tiny_mnist, cfg)
     assert not r.passed and (r.b, r.c) == (0, 0) and r.clean_drop == 0.0 and r.n == 40
-    alone = production_gate(chal, None, images, np.arange(40) % 10, tiny_mnist)
+    alone = production_gate(chal, None, images, np.arange(40) % 10, tiny_mnist, cfg)
     assert alone.passed and alone.reason == "no champion to beat"
 
 
@@ -180,40 +94,34 @@ def test_clean_accuracies_reused_from_the_registry_gate() -> None:
     assert clean_accuracies(GateReport("5", None, skipped), None) is None
 
 
-# --- the job runner --------------------------------------------------------------------------------
+# --- one job, start to finish ----------------------------------------------------------------------
 def test_job_succeeds_and_records_everything(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
 ) -> None:
-    ids = _fill_store(store, 100)
-    champ = _model_dir(tmp_path / "champ")
-    reg, trainer = FakeRegistry(champ), FakeTrainer()
-    runner = _runner(tmp_path, store, tiny_mnist, trainer, reg)
-    job_id = runner.submit("manual", {"who": "test"})
-    assert store.get_job(job_id).state == "queued"
-    job = runner.run_job(job_id)
-    assert job.state == "succeeded", job.error
-    assert job.started_at is not None and job.finished_at is not None and job.finished_at >= job.started_at
-    assert job.version == "2" and job.details["version"] == "2" and job.details["who"] == "test"
-    assert job.details["gate"] == {"passed": True, "failed_checks": []}
+    ids = fill_store(store, 100)
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
+    job = rig.run()
+    assert job is not None and job.state == "succeeded", job and job.error
+    assert job.attempts == 1 and job.finished_at is not None and job.finished_at >= (job.started_at or 0)
+    assert job.version == "2" and job.details["version"] == "2"
+    assert job.details["gate"]["passed"] is True and job.details["gate"]["failed_checks"] == []
     pg = job.details["production_gate"]
     assert pg["n"] == int(holdout_mask(ids).sum()) and pg["passed"] is False  # random weights: no improvement
-    assert job.details["challenger"] is False and reg.challenger is None
+    assert job.details["challenger"] is False and rig.reg.challengers == []
     assert job.details["data"]["production_in_epoch"] == 30 and job.details["data"]["epoch_size"] == 100
     assert "started (trigger manual" in job.log and "registered version 2" in job.log
-    # fine-tuned from the champion's weights with the lower learning rate, tagged with the job
-    call = trainer.calls[0]
+    # fine-tuned from the champion's weights with the lower learning rate; run and version tagged
+    call = rig.trainer.calls[0]
     assert call["init"] is not None and call["cfg"].max_lr == FINETUNE_MAX_LR and call["cfg"].model == TINY
-    assert call["tags"]["mnistops.retrain_job"] == str(job_id)
-    with pytest.raises(JobError):
-        runner.run_job(job_id)  # terminal: cannot run twice
+    assert call["tags"][JOB_TAG] == str(job.id) and rig.reg.tags["2"][JOB_TAG] == str(job.id)
+    assert rig.reg.tags["2"][JOB_KEY_TAG] == job_key(job)
 
 
 def test_held_out_rows_never_trained_on(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
-    ids = _fill_store(store, 100)
-    trainer = FakeTrainer()
-    runner = _runner(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None))
-    assert runner.run_job(runner.submit("manual")).state == "succeeded"
-    x: torch.Tensor = trainer.calls[0]["split"].train_x
+    ids = fill_store(store, 100)
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(None))
+    assert rig.run().state == "succeeded"
+    x: torch.Tensor = rig.trainer.calls[0]["split"].train_x
     prod = x[x.flatten(1).amax(1) == 255]  # production images are the only non-blank ones
     assert len(prod) == 30  # share 0.3 of the 100-image epoch
     seen = {int(a) * 256 + int(b) for a, b in prod[:, 0, :2].tolist()}
@@ -224,78 +132,139 @@ def test_held_out_rows_never_trained_on(tmp_path: Path, store: PredictionStore, 
 def test_passing_gates_set_the_challenger(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fill_store(store, 50)
+    fill_store(store, 50)
     ok = ProductionGateResult(True, "significantly better", 10, 0.5, 0.9, 0.001)
     monkeypatch.setattr(retrain, "production_gate", lambda *a, **k: ok)
-    reg = FakeRegistry(_model_dir(tmp_path / "champ"))
-    runner = _runner(tmp_path, store, tiny_mnist, FakeTrainer(), reg)
-    job = runner.run_job(runner.submit("drift"))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
+    job = rig.run("drift")
     assert job.details["challenger"] is True and job.details["outcome"] == "challenger"
-    assert reg.challenger == "2"
-    assert not runner.retry_due()  # the job produced a challenger: the alert episode is handled
-    reg.gate_passes = False  # a registry gate failure alone keeps it out
-    job2 = runner.run_job(runner.submit("drift"))
-    assert job2.details["challenger"] is False and reg.challenger == "2"
-    assert "test_accuracy" in job2.details["summary"] and runner.retry_due()
+    assert rig.reg.challengers == ["2"]
+    rig.reg.gate_passes = False  # a registry gate failure alone keeps it out
+    job2 = rig.run("drift")
+    assert job2.details["challenger"] is False and rig.reg.challengers == ["2"]
+    assert "test_accuracy" in job2.details["summary"]
 
 
 def test_scratch_mode_trains_from_scratch(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
-    trainer = FakeTrainer()
-    reg = FakeRegistry(_model_dir(tmp_path / "champ"))
-    runner = _runner(tmp_path, store, tiny_mnist, trainer, reg, retrain_mode="scratch")
-    job = runner.run_job(runner.submit("schedule"))
+    reg = FakeRegistry(model_dir(tmp_path / "champ"))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), reg, retrain_mode="scratch")
+    job = rig.run("schedule")
     assert job.state == "succeeded" and job.details["mode"] == "scratch"
-    assert trainer.calls[0]["init"] is None and trainer.calls[0]["cfg"].max_lr != FINETUNE_MAX_LR
+    assert rig.trainer.calls[0]["init"] is None and rig.trainer.calls[0]["cfg"].max_lr != FINETUNE_MAX_LR
     assert job.details["data"]["production_in_epoch"] == 0  # no feedback yet
 
 
 def test_failed_job_records_error_and_log(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
-    runner = _runner(tmp_path, store, tiny_mnist, FakeTrainer(fail=True), FakeRegistry(None))
-    job = runner.run_job(runner.submit("manual"))
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(fail=True), FakeRegistry(None))
+    job = rig.run()
     assert job.state == "failed" and job.error == "RuntimeError: loss is NaN"
     assert "Traceback" in job.log and "loss is NaN" in job.log and job.finished_at is not None
-    assert runner.retry_due()
-    assert runner.submit("manual") != job.id  # a failed job does not block the next one
+    assert rig.queue.submit("manual").id != job.id  # a failed job does not block the next one
 
 
-def test_job_fails_when_another_process_holds_the_lock(
+# --- re-runs -----------------------------------------------------------------------------------------
+def test_rerun_finds_the_jobs_version_instead_of_training_again(
+    tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill_store(store, 50)
+    ok = ProductionGateResult(True, "significantly better", 10, 0.5, 0.9, 0.001)
+    monkeypatch.setattr(retrain, "production_gate", lambda *a, **k: ok)
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
+    job = rig.queue.submit("drift")
+    # an earlier attempt registered version 2 for this job, then its worker died (lease expired)
+    rig.reg.register(model_dir(tmp_path / "other-store"), tags={JOB_TAG: str(job.id), JOB_KEY_TAG: "1-0"})
+    rig.reg.register(model_dir(tmp_path / "earlier"), tags={JOB_TAG: str(job.id), JOB_KEY_TAG: job_key(job)})
+    assert rig.queue.claim("dead", 0.05) is not None
+    threading.Event().wait(0.2)
+    done = rig.run("drift", owner="w2")
+    # version 2 has the same job id from another store sharing the registry: not this job's
+    assert done.state == "succeeded" and done.attempts == 2 and done.version == "3"
+    assert rig.trainer.calls == [] and len(rig.reg.registered) == 2  # not trained, not registered again
+    assert rig.reg.challengers == ["3"] and "registered for this job by an earlier attempt" in done.log
+
+
+def test_rerun_reuses_recorded_gate_verdicts(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
 ) -> None:
-    trainer = FakeTrainer()
-    runner = _runner(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None))
-    runner.lock_timeout = 0.2
-    job_id = runner.submit("manual")
-    with locked(runner.settings, "retrain"):
-        job = runner.run_job(job_id)
-    assert job.state == "failed" and (job.error or "").startswith("LockTimeoutError")
-    assert job.started_at is None and not trainer.calls  # never ran
+    rig = make_rig(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(model_dir(tmp_path / "champ")))
+    job = rig.queue.submit("drift")
+    rig.reg.register(model_dir(tmp_path / "earlier"), tags={JOB_KEY_TAG: job_key(job)})
+    gate = {"version": "2", "passed": True, "failed_checks": [], "champion": "1", "clean_accs": None}
+    pg = {"version": "2", "champion": "1", "passed": True, "reason": "significantly better (recorded)"}
+    rig.queue.update(job.id, details={"gate": gate, "production_gate": pg})  # recorded, then the worker died
+    done = rig.run("drift")
+    assert done.state == "succeeded" and done.details["challenger"] is True
+    assert rig.reg.gate_calls == 0 and rig.reg.challengers == ["2"]  # verdicts reused, not recomputed
+    assert "(recorded)" in done.details["summary"]
 
 
-def test_one_job_at_a_time(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
+# --- losing the lease, stopping ------------------------------------------------------------------------
+def test_lease_lost_while_training_abandons_without_writing(
+    tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
+) -> None:
     trainer = FakeTrainer(block=True)
-    runner = _runner(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None))
-    first = runner.start_async("drift")
-    assert trainer.started.wait(30)
-    assert store.get_job(first).state == "running"
-    assert runner.submit("manual") == first  # same job, nothing queued
-    assert runner.start_async("drift") == first
-    other = _runner(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None))  # e.g. the API process
-    assert other.submit("api") == first
-    assert len(store.list_jobs()) == 1
-    trainer.release.set()
-    assert runner.wait(30)
-    assert store.get_job(first).state == "succeeded" and len(trainer.calls) == 1
-    assert runner.submit("drift") != first
+    # a long heartbeat interval: the loss is noticed at the next write (the registration)
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None),
+               job_lease_seconds=0.3, job_heartbeat_seconds=30)  # fmt: skip
+
+    def steal() -> None:
+        assert trainer.started.wait(30)
+        threading.Event().wait(0.5)  # the lease expires
+        assert rig.queue.claim("thief", 30) is not None
+        trainer.release.set()
+
+    thief = threading.Thread(target=steal)
+    thief.start()
+    assert rig.run() is None
+    thief.join()
+    job = rig.queue.list()[0]
+    assert job.state == "running" and job.lease_owner == "thief" and job.attempts == 2
+    assert rig.reg.registered == [] and "registered version" not in job.log
 
 
-def test_abandoned_running_job_does_not_block_forever(
+def test_lease_lost_interrupts_training(tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist) -> None:
+    trainer = FakeTrainer(block=True)  # would block for 30 s
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
+
+    def steal() -> None:
+        assert trainer.started.wait(30)
+        with store._tx(write=True) as conn:  # another worker took the job over
+            from sqlalchemy import text
+
+            conn.execute(text("UPDATE retrain_jobs SET lease_owner = 'thief'"))
+
+    threading.Thread(target=steal).start()
+    assert rig.run() is None  # interrupted mid-"training", well before the trainer's 30 s
+    assert not trainer.release.is_set() and rig.reg.registered == []
+    assert rig.queue.list()[0].lease_owner == "thief"
+
+
+def test_stop_hands_a_running_job_back_after_the_grace(
     tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
 ) -> None:
-    dead = store.create_job("drift")
-    store.update_job(dead.id, state="running")  # its process died: nobody holds the retrain lock
-    runner = _runner(tmp_path, store, tiny_mnist, FakeTrainer(), FakeRegistry(None))
-    new = runner.submit("drift")
-    assert new != dead.id and store.get_job(dead.id).state == "failed"
-    assert "abandoned" in (store.get_job(dead.id).error or "")
-    assert runner.last_job_time() == pytest.approx(store.get_job(new).created_at)
-    assert abs(time.time() - (runner.last_job_time() or 0)) < 60
+    trainer = FakeTrainer(block=True)
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
+    stop = threading.Event()
+    threading.Thread(target=lambda: trainer.started.wait(30) and stop.set()).start()
+    assert rig.run(stop=stop, grace=0.2) is None
+    job = rig.queue.list()[0]
+    assert job.state == "queued" and job.attempts == 0 and job.lease_owner is None
+    assert "grace period" in job.log and rig.reg.registered == []
+
+
+def test_stop_lets_a_job_finish_within_the_grace(
+    tmp_path: Path, store: PredictionStore, tiny_mnist: Mnist
+) -> None:
+    trainer = FakeTrainer(block=True)
+    rig = make_rig(tmp_path, store, tiny_mnist, trainer, FakeRegistry(None), job_heartbeat_seconds=0.05)
+    stop = threading.Event()
+
+    def stop_then_finish() -> None:
+        assert trainer.started.wait(30)
+        stop.set()
+        threading.Event().wait(0.3)
+        trainer.release.set()
+
+    threading.Thread(target=stop_then_finish).start()
+    job = rig.run(stop=stop, grace=30)
+    assert job is not None and job.state == "succeeded" and job.version == "2"

@@ -155,14 +155,23 @@ def test_clean_windows_do_not_alert(
     metrics = MonitorMetrics(CollectorRegistry())
     runner = make_runner(tmp_path, store, model_dir, metrics)
     log_rows(store, model_dir, val_x[N_REF : N_REF + 300])
-    reports = runner.step()
+    reports = runner.process()
     assert [r.window.window for r in reports] == [0, 1, 2]
     assert not any(r.drifted for r in reports)
     assert not any(r.fired for r in reports) and store.list_alerts() == []
     stored = store.latest_windows(10)
     assert [w.n for w in stored] == [100, 100, 100]
-    assert set(stored[0].results) == {"bbsd", "mmd", "prior", "inputs", "ood", "combined"}
+    detectors = {"bbsd", "mmd", "prior", "inputs", "ood", "combined"}
+    assert set(stored[0].results) == detectors | {"metrics", "reference"}
     m = reports[0].metrics
+    # what readers of the store (dashboard, controller) get without monitor code: the flat metrics
+    # the alert rules read, as plain JSON, and the version's reference class shares
+    persisted = stored[0].results["metrics"]
+    assert persisted["drift.combined.drifted"] is False and persisted["n"] == 100
+    assert persisted["ood_rate"] == m["ood_rate"] and persisted["concept.n_labelled"] == 0
+    ref = stored[0].results["reference"]
+    assert len(ref["class_freq"]) == 10 and abs(sum(ref["class_freq"]) - 1) < 1e-6
+    assert ref["accuracy"] == runner.context(stored[0].model_version).reference_accuracy
     assert m["drift.combined.drifted"] is False and 0 < m["drift.mmd.p_value"] <= 1
     assert abs(m["accuracy_drop_vs_reference"]) < 0.1  # CBPE on calibrated probs tracks the reference
     assert m["realized_accuracy"] is None and m["ood_rate"] <= 0.05
@@ -170,7 +179,7 @@ def test_clean_windows_do_not_alert(
     assert reg.get_sample_value("mnistops_monitor_windows_total") == 3
     assert reg.get_sample_value("mnistops_drift_detected", {"detector": "combined"}) == 0
     assert reg.get_sample_value("mnistops_alerts_firing", {"rule": "DataDrift", "severity": "warning"}) == 0
-    assert runner.step() == []  # nothing new
+    assert runner.process() == []  # nothing new
 
 
 def test_drifted_stream_fires_and_persists_alert(
@@ -186,7 +195,7 @@ def test_drifted_stream_fires_and_persists_alert(
     log_rows(store, model_dir, val_x[N_REF : N_REF + 200])
     perm = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(1))[:200]
     log_rows(store, model_dir, rotate(test_x[perm], max_deg=40.0, seed=0))
-    reports = runner.step()
+    reports = runner.process()
     assert seen == reports and len(reports) == 4
     assert [r.drifted for r in reports[:2]] == [False, False]
     first = next(i for i, r in enumerate(reports) if r.drifted)
@@ -206,7 +215,7 @@ def test_drifted_stream_fires_and_persists_alert(
     # a restarted monitor reloads the firing alert and resolves it on the first clean window
     runner2 = make_runner(tmp_path, store, model_dir)
     log_rows(store, model_dir, val_x[N_REF + 200 : N_REF + 300])
-    (clean,) = runner2.step()
+    (clean,) = runner2.process()
     assert clean.window.window == 4 and not clean.drifted
     assert "DataDrift" in [e.rule for e in clean.resolved]
     assert "DataDrift" not in {a.rule for a in store.list_alerts(state="firing")}
@@ -220,25 +229,25 @@ def test_resume_sliding_windows_and_version_change(
     runner = make_runner(tmp_path, store, model_dir, window_step=50)
     log_rows(store, model_dir, clean[:230])
     assert store.max_seq() == 230  # seqs 1..230 in logging order
-    reports = runner.step()
+    reports = runner.process()
     assert [(r.start_seq, r.window.end_seq) for r in reports] == [(1, 100), (51, 150), (101, 200)]
     # restart: the next window starts at seq 151 (sliding overlap is rebuilt from the log)
     runner = make_runner(tmp_path, store, model_dir, window_step=50)
-    assert runner.step() == []
+    assert runner.process() == []
     log_rows(store, model_dir, clean[230:250])
     log_rows(store, model_dir, clean[250:260], served_by="canary")  # never monitored
-    (nxt,) = runner.step()
+    (nxt,) = runner.process()
     assert (nxt.start_seq, nxt.window.end_seq, nxt.window.window) == (151, 250, 3)
     # a new version starts fresh: its windows never contain version-1 rows
     log_rows(store, model_dir, clean[260:300], version="2")
     log_rows(store, model_dir, clean[300:360], version="2")
-    (v2,) = runner.step()
+    (v2,) = runner.process()
     assert v2.window.model_version == "2" and v2.start_seq == 261 and v2.window.n == 100
     rows = store.window(v2.start_seq, v2.window.end_seq)
     assert set(rows.model_versions.tolist()) == {"2"}
     # an unknown version (no profile) is skipped, not retried forever
     log_rows(store, model_dir, clean[360:460], version="9")
-    assert runner.step() == []
+    assert runner.process() == []
     assert runner.registry.downloads.count("1") == 1  # type: ignore[attr-defined]  # cached
 
 
@@ -252,7 +261,7 @@ def test_draft_predictions_are_excluded(
     log_rows(store, model_dir, clean[:60])
     log_rows(store, model_dir, clean[60:120], client="web-draft")
     log_rows(store, model_dir, clean[120:160], client="web")
-    (r,) = runner.step()
+    (r,) = runner.process()
     rows = store.window(r.start_seq, r.window.end_seq)
     assert r.window.n == 100 and len(rows) == 160
 
@@ -268,7 +277,7 @@ def test_realized_accuracy_and_concept_report(
         store.add_feedback(recs[i].id, truth[i])
     for i in range(100, 110):  # window 1: too few labels
         store.add_feedback(recs[i].id, truth[i])
-    w0, w1 = runner.step()
+    w0, w1 = runner.process()
     expected = float(np.mean([recs[i].label == truth[i] for i in range(40)]))
     assert w0.realized is not None and w0.realized.n == 40
     assert w0.window.realized_accuracy == pytest.approx(expected)
@@ -310,8 +319,8 @@ def test_time_windows(tmp_path: Path, store: PredictionStore, model_dir: Path, s
     log_rows(store, model_dir, clean[:60], ts0=t0, dt=0.1)  # period 1: 60 rows
     log_rows(store, model_dir, clean[60:70], ts0=t0 + 10, dt=0.1)  # period 2: too few, merged forward
     log_rows(store, model_dir, clean[70:110], ts0=t0 + 20, dt=0.1)
-    (first,) = runner.step()
+    (first,) = runner.process()
     assert first.window.n == 60
     now[0] = t0 + 40.0
-    (second,) = runner.step()
+    (second,) = runner.process()
     assert second.window.n == 50 and second.start_seq == 61

@@ -1,4 +1,4 @@
-"""controller: the closed loop as a reconciler over durable state."""
+"""controller: the closed loop as a reconciler over durable state (``mnistops controller run``)."""
 
 from mnistops.controller.role import run_controller
 

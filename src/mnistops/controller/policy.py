@@ -1,59 +1,33 @@
-"""Closed-loop decision logic: when to retrain, whether a shadowing challenger is ready, when to roll back.
+"""Closed-loop decision logic: when to retrain, and when a new champion is rolled back.
 
 Everything here is pure (no store, registry, clock or disk access): callers pass the facts in
-(firing alerts, times, accuracies, predictions) and get a decision with a readable reason back,
-so each rule is unit-testable with plain numbers.
+(firing alerts, times, accuracies) and get a decision with a readable reason back, so each rule is
+unit-testable with plain numbers. The shadow verdict (is a challenger ready?) is in
+:mod:`mnistops.controller.verdict`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import numpy as np
+from mnistops.gates.stats import wilson_upper
+
+if TYPE_CHECKING:
+    from mnistops.settings import Settings
 
 __all__ = [
     "DEFAULT_TRIGGER_RULES",
     "Decision",
-    "McNemar",
     "PromotionWatch",
     "RetrainPolicy",
-    "ShadowStats",
-    "ShadowVerdict",
-    "Verdict",
     "WatchDecision",
-    "mcnemar",
 ]
 
 # Alerts that mean "the champion is wrong on today's traffic" (see monitor/alerts.yaml). A single-window
 # DataDrift is deliberately absent: it fires on one noisy window; the sustained version needs two.
 DEFAULT_TRIGGER_RULES = frozenset({"DataDriftSustained", "AccuracyDropVsReference", "RealizedAccuracyLow"})
-
-
-# --- McNemar ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class McNemar:
-    """Exact one-sided McNemar test that ``new`` is more often right than ``ref`` on the same inputs."""
-
-    b: int  # ref right, new wrong
-    c: int  # new right, ref wrong
-    p_value: float  # P(X >= c), X ~ Binomial(b + c, 1/2); 1.0 without discordant pairs
-
-
-def mcnemar(ref_correct: Any, new_correct: Any) -> McNemar:
-    """One-sided exact McNemar test on paired correctness vectors (bool [N] each).
-
-    Only discordant pairs carry information; under H0 (equal accuracy) each one is equally likely
-    to favour either model, so the number favouring ``new`` is Binomial(b + c, 1/2).
-    """
-    from scipy.stats import binomtest
-
-    ref, new = np.asarray(ref_correct, dtype=bool), np.asarray(new_correct, dtype=bool)
-    b, c = int((ref & ~new).sum()), int((new & ~ref).sum())
-    p = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5, alternative="greater").pvalue)
-    return McNemar(b, c, p)
 
 
 # --- retrain trigger -----------------------------------------------------------------------------
@@ -102,9 +76,11 @@ class RetrainPolicy:
         self.min_labelled = int(min_labelled)
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> RetrainPolicy:
-        """Policy with ``settings.retrain_cooldown_seconds``; other arguments as keywords."""
-        return cls(settings.retrain_cooldown_seconds, **kwargs)
+    def from_settings(
+        cls, settings: Settings, trigger_rules: Iterable[str] = DEFAULT_TRIGGER_RULES
+    ) -> RetrainPolicy:
+        """Policy with ``settings.retrain_cooldown_seconds`` and ``retrain_min_labelled``."""
+        return cls(settings.retrain_cooldown_seconds, trigger_rules, settings.retrain_min_labelled)
 
     def should_retrain(
         self,
@@ -167,14 +143,6 @@ class WatchDecision:
     source: Source | None = None
 
 
-def _wilson_upper(acc: float, n: int, z: float = 1.645) -> float:
-    # one-sided 95% upper bound of a binomial proportion: a noisy small window is not a regression
-    denom = 1 + z * z / n
-    centre = acc + z * z / (2 * n)
-    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + half) / denom)
-
-
 class PromotionWatch:
     """Watches a new champion for ``windows`` windows after its promotion.
 
@@ -215,6 +183,34 @@ class PromotionWatch:
         """A terminal decision (passed or rollback) was reached."""
         return self.decision is not None
 
+    def state(self) -> dict[str, Any]:
+        """JSON-ready progress: what a durable caller stores between windows (see :meth:`restore`)."""
+        return {
+            "previous_version": self.previous_version,
+            "previous_accuracy": self.previous_accuracy,
+            "previous_estimated": self.previous_estimated,
+            "tolerance": self.tolerance,
+            "windows": self.windows,
+            "windows_ok": self.windows_ok,
+            "observed": self.observed,
+        }
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any]) -> PromotionWatch:
+        """The watch that :meth:`state` described, ready for its next window.
+
+        Only a watch still in progress is stored: a terminal decision ends the caller's watch.
+        """
+        watch = cls(
+            state["previous_version"],
+            state["previous_accuracy"],
+            state["tolerance"],
+            state["windows"],
+            previous_estimated=state.get("previous_estimated"),
+        )
+        watch.windows_ok, watch.observed = int(state["windows_ok"]), int(state["observed"])
+        return watch
+
     def observe(
         self, realized: float | None, estimated: float | None, *, realized_n: int | None = None
     ) -> WatchDecision:
@@ -232,7 +228,7 @@ class PromotionWatch:
         source: Source
         if realized is not None:
             acc, source, ref = float(realized), "realized", self.previous_accuracy
-            bound = _wilson_upper(acc, realized_n) if realized_n else acc
+            bound = wilson_upper(acc, realized_n) if realized_n else acc
         elif estimated is not None:
             acc, source = float(estimated), "estimated"
             ref = self.previous_estimated if self.previous_estimated is not None else self.previous_accuracy
@@ -255,101 +251,3 @@ class PromotionWatch:
             return self.decision
         why = f"{source} accuracy {acc:.4f} >= {floor:.4f} ({self.windows_ok}/{self.windows} windows ok)"
         return WatchDecision("watch", why, self.windows_ok, acc, source)
-
-
-# --- shadow verdict ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShadowStats:
-    """Shadow accounting: how often the challenger agreed, and accuracy side by side on labelled rows."""
-
-    n: int  # shadowed requests
-    agreement: float | None  # share of identical answers (None without rows)
-    n_labelled: int
-    champion_acc: float | None
-    challenger_acc: float | None
-    b: int = 0  # champion right, challenger wrong (labelled rows)
-    c: int = 0  # challenger right, champion wrong
-    p_worse: float | None = None  # one-sided exact McNemar that the challenger is worse
-    p_better: float | None = None  # ... that it is better
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Shadow outcome: promote, wait for more evidence, or reject."""
-
-    action: Literal["promote", "wait", "reject"]
-    reason: str
-    stats: ShadowStats
-
-
-class ShadowVerdict:
-    """Judges a shadowing challenger from its paired answers (``store.shadow_pairs``).
-
-    Agreement alone never decides (a challenger that fixes a shift must disagree); labelled rows do:
-    significantly worse (McNemar) rejects, at most ``max_drop`` behind promotes, too few rows waits,
-    and a challenger still behind (not significantly) after ``max_labelled`` labelled rows is rejected.
-
-    Args:
-        min_requests: shadowed requests needed before any verdict.
-        min_labelled: labelled shadowed requests needed before any verdict.
-        alpha: significance level of the "challenger is worse" test.
-        max_drop: allowed challenger accuracy deficit on labelled shadowed rows.
-        max_labelled: labelled rows after which a challenger still behind is rejected.
-    """
-
-    def __init__(
-        self,
-        min_requests: int = 200,
-        min_labelled: int = 50,
-        alpha: float = 0.05,
-        max_drop: float = 0.0,
-        max_labelled: int = 1000,
-    ) -> None:
-        self.min_requests, self.min_labelled = int(min_requests), int(min_labelled)
-        self.alpha, self.max_drop, self.max_labelled = float(alpha), float(max_drop), int(max_labelled)
-
-    @staticmethod
-    def account(champion_labels: Any, shadow_labels: Any, true_labels: Any) -> ShadowStats:
-        """Agreement over all pairs; accuracies and McNemar over pairs with a true label (>= 0)."""
-        champ, shadow = np.asarray(champion_labels, np.int64), np.asarray(shadow_labels, np.int64)
-        true = np.asarray(true_labels, np.int64)
-        n = int(champ.size)
-        agreement = float((champ == shadow).mean()) if n else None
-        has = true >= 0
-        m = int(has.sum())
-        if m == 0:
-            return ShadowStats(n, agreement, 0, None, None)
-        champ_ok, chal_ok = champ[has] == true[has], shadow[has] == true[has]
-        better, worse = mcnemar(champ_ok, chal_ok), mcnemar(chal_ok, champ_ok)
-        return ShadowStats(
-            n,
-            agreement,
-            m,
-            float(champ_ok.mean()),
-            float(chal_ok.mean()),
-            b=better.b,
-            c=better.c,
-            p_worse=worse.p_value,
-            p_better=better.p_value,
-        )
-
-    def decide(self, pairs: Any) -> Verdict:
-        """Verdict from a ``ShadowPairs``-like object (champion_labels, shadow_labels, true_labels)."""
-        s = self.account(pairs.champion_labels, pairs.shadow_labels, pairs.true_labels)
-        agree = "n/a" if s.agreement is None else f"{s.agreement:.1%}"
-        if s.n < self.min_requests:
-            return Verdict("wait", f"shadowed {s.n}/{self.min_requests} requests (agreement {agree})", s)
-        if s.n_labelled < self.min_labelled or s.champion_acc is None or s.challenger_acc is None:
-            why = f"{s.n_labelled}/{self.min_labelled} labelled shadowed requests (agreement {agree})"
-            return Verdict("wait", why, s)
-        side = (
-            f"challenger {s.challenger_acc:.4f} vs champion {s.champion_acc:.4f} on {s.n_labelled} labelled, "
-            f"agreement {agree}"
-        )
-        if s.p_worse is not None and s.p_worse < self.alpha:
-            return Verdict("reject", f"significantly worse (p={s.p_worse:.3g}): {side}", s)
-        if s.challenger_acc >= s.champion_acc - self.max_drop:
-            return Verdict("promote", f"at least as good: {side}", s)
-        if s.n_labelled >= self.max_labelled:
-            return Verdict("reject", f"still behind after {self.max_labelled} labelled rows: {side}", s)
-        return Verdict("wait", f"behind but not significantly: {side}", s)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnistops.errors import ConfigError
 from mnistops.gates.report import CheckResult, GateReport, write_reports
+from mnistops.gates.stats import mcnemar
 from mnistops.training.data import Mnist
 from mnistops.training.model import MnistNet, count_params, load_model
 
@@ -229,13 +230,10 @@ def check_mcnemar(ctx: GateContext) -> CheckResult:
     champ = ctx.champion_logits
     if champ is None:
         return CheckResult.skip("mcnemar_vs_champion", alpha, "no champion to compare with")
-    from scipy.stats import binomtest
-
     cand_ok = ctx.logits.argmax(1) == ctx.labels
     champ_ok = champ.argmax(1) == ctx.labels
-    b = int((champ_ok & ~cand_ok).sum())  # champion right, candidate wrong
-    c = int((cand_ok & ~champ_ok).sum())  # candidate right, champion wrong
-    p = 1.0 if b + c == 0 else float(binomtest(c, b + c, 0.5, alternative="two-sided").pvalue)
+    t = mcnemar(champ_ok, cand_ok, alternative="two-sided")
+    b, c, p = t.b, t.c, t.p_value  # b: champion right, candidate wrong; c: the reverse
     worse = b > c
     passed = not (worse and p < alpha)
     verdict = "significantly worse" if not passed else ("worse, not significant" if worse else "not worse")

@@ -8,40 +8,23 @@ verdict. ``mnistops_drift_p_value`` is the p-value adjusted across detectors, so
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Mapping
-from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from mnistops.monitor.drift.base import DriftResult
 from mnistops.monitor.performance import Estimate, RealizedMetrics
 
-__all__ = ["MonitorMetrics"]
+__all__ = ["MonitorMetrics", "metrics_registry"]
 
 
 class MonitorMetrics:
-    """Model-quality gauges on a Prometheus registry (the service's, or a private one).
+    """Model-quality gauges of the monitor role on a Prometheus registry.
 
     Args:
-        registry: where the metrics are registered; one ``MonitorMetrics`` per registry (Prometheus
-            refuses duplicate names).
+        registry: where the metrics are registered (default: a private one); one ``MonitorMetrics``
+            per registry (Prometheus refuses duplicate names).
     """
-
-    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, MonitorMetrics]] = (
-        weakref.WeakKeyDictionary()
-    )
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> MonitorMetrics:
-        """The one instance of a registry (an app restarted in-process re-uses its gauges)."""
-        with cls._lock:
-            found = cls._by_registry.get(registry)
-            if found is None:
-                found = cls._by_registry[registry] = cls(registry)
-            return found
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -151,3 +134,8 @@ class MonitorMetrics:
         """``{(rule, severity): 0|1}`` as from :meth:`AlertEngine.firing_gauge`."""
         for (rule, severity), value in firing.items():
             self.alerts_firing.labels(rule=rule, severity=severity).set(value)
+
+
+def metrics_registry() -> CollectorRegistry:
+    """A registry with every series the monitor role exports (fresh, unbound)."""
+    return MonitorMetrics().registry

@@ -1,15 +1,21 @@
 """The monitor loop: prediction log -> windows -> drift, estimated/realized accuracy -> store, alerts, gauges.
 
-``MonitorRunner.step()`` reads the rows logged since the last window (champion traffic only, draft
+``MonitorRunner.process()`` reads the rows logged since the last window (champion traffic only, draft
 canvas predictions excluded), cuts them into windows per model version (see
 :mod:`mnistops.monitor.windows`), scores each window against that version's reference profile,
-persists a :class:`MonitorWindow`, feeds the :class:`AlertEngine`, updates the Prometheus gauges and
-calls the subscribers (``on_window``, ``on_alerts``). It resumes after the last stored window.
+persists a :class:`MonitorWindow` (detector results, and under ``results["metrics"]`` the flat metrics
+the alert rules read, concept drift included; under ``results["reference"]`` the version's reference
+class shares and accuracy, so readers such as the dashboard never need monitor code), feeds the
+:class:`AlertEngine`, updates the Prometheus gauges and calls the subscribers (``on_window``,
+``on_alerts``). It resumes after the last stored window. As a
+:class:`~mnistops.runtime.BackgroundService` it processes every ``monitor_interval_seconds``; the
+role process around it is :mod:`mnistops.monitor.role`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,10 +46,10 @@ from mnistops.monitor.windows import (
     take_rows,
     version_runs,
 )
+from mnistops.runtime import BackgroundService
 from mnistops.store.records import AlertEvent, MonitorWindow
 
 if TYPE_CHECKING:
-    from mnistops.service.state import ServiceState
     from mnistops.settings import Settings
     from mnistops.store.predictions import PredictionStore
 
@@ -52,7 +58,6 @@ __all__ = [
     "ConceptReport",
     "MonitorRunner",
     "WindowReport",
-    "attach_to_service",
     "render_check",
 ]
 
@@ -62,7 +67,7 @@ EXCLUDED_CLIENTS = ("web-draft",)  # half-drawn canvas predictions from the draw
 UNMONITORABLE_RETRY_SECONDS = 300.0  # a version without a profile is retried (it may be registering)
 
 
-class MonitorRunner:
+class MonitorRunner(BackgroundService):
     """Evaluates the prediction log window by window (see module docstring).
 
     Args:
@@ -100,6 +105,7 @@ class MonitorRunner:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__("monitor", settings.monitor_interval_seconds)
         self.settings, self.store, self.registry = settings, store, registry
         self.metrics = metrics
         self.detectors, self.alpha, self.seed = tuple(detectors), alpha, seed
@@ -121,8 +127,6 @@ class MonitorRunner:
         self._cursor: int | None = None  # last seq read from the store
         self._next_window = 0
         self._lock = threading.RLock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._concept_key: tuple[str | None, int] | None = None
         self._concept: ConceptReport | None = None
 
@@ -135,11 +139,6 @@ class MonitorRunner:
             if self.metrics is not None:
                 self.metrics.observe_alerts(self._engine.firing_gauge())
         return self._engine
-
-    @property
-    def running(self) -> bool:
-        """True while the background thread runs."""
-        return self._thread is not None and self._thread.is_alive()
 
     @property
     def last_seq(self) -> int | None:
@@ -164,13 +163,15 @@ class MonitorRunner:
             self._cursor = 0
             return
         self._next_window = last.window + 1
-        combined = last.results.get("combined", {})
-        resume = combined.get("details", {}).get("resume_after_seq") if isinstance(combined, dict) else None
-        self._cursor = int(resume) if isinstance(resume, int) else int(last.end_seq)
+        self._cursor = last.resume_after_seq
         log.info("monitor: resuming after seq %d (window %d)", self._cursor, self._next_window)
 
     # --- the loop ----------------------------------------------------------------------------
-    def step(self) -> list[WindowReport]:
+    def step(self) -> None:
+        """The background step: :meth:`process` (a failure is logged; the next step retries)."""
+        self.process()
+
+    def process(self) -> list[WindowReport]:
         """Process every complete window available now (resumes after the last stored window).
 
         Raises:
@@ -235,6 +236,11 @@ class MonitorRunner:
         results["combined"]["details"].update(
             start_seq=pending.start_seq, resume_after_seq=pending.resume_after_seq, kind=pending.kind
         )
+        results["metrics"] = _json_safe(metrics)
+        results["reference"] = {
+            "class_freq": [float(x) for x in ctx.profile.class_freq],
+            "accuracy": ctx.reference_accuracy,
+        }
         est = scores.estimate
         stored = self.store.insert_window(
             MonitorWindow(
@@ -346,51 +352,20 @@ class MonitorRunner:
             ood_rate=scores.ood_rate,
         )
 
-    # --- background thread -------------------------------------------------------------------
-    def run_forever(self, stop_event: threading.Event) -> None:
-        """Call :meth:`step` every ``settings.monitor_interval_seconds`` until ``stop_event`` is set."""
-        while not stop_event.is_set():
-            try:
-                self.step()
-            except Exception:  # store or registry down: log, retry on the next tick
-                log.exception(
-                    "monitor step failed; retrying in %.1fs", self.settings.monitor_interval_seconds
-                )
-            stop_event.wait(self.settings.monitor_interval_seconds)
-
-    def start(self) -> MonitorRunner:
-        """Run :meth:`run_forever` in a daemon thread. Returns self."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self.run_forever, args=(self._stop,), name="mnistops-monitor", daemon=True
-            )
-            self._thread.start()
-        return self
-
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (after the current window) and flush the notifiers."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        """Stop the background service (after the current window) and flush the notifiers."""
+        super().stop(timeout)
         if self._engine is not None:
             self._engine.close()
 
 
-def attach_to_service(state: ServiceState) -> MonitorRunner:
-    """``create_app(on_start=attach_to_service)``: run the monitor inside the service.
-
-    Uses the service's store, registry (``state.registry_ops``, else the MLflow registry) and
-    Prometheus registry; the runner is stopped with the app (``state.background``).
-    """
-    registry = state.registry_ops
-    if registry is None or not hasattr(registry, "download_profile"):
-        from mnistops.registry.core import Registry
-
-        registry = Registry(state.settings)
-    runner = MonitorRunner(
-        state.settings, state.store, registry, metrics=MonitorMetrics.for_registry(state.metrics.registry)
-    )
-    state.background.append(runner)
-    return runner.start()
+def _json_safe(metrics: dict[str, Any]) -> dict[str, float | int | bool | str | None]:
+    """Plain JSON scalars (numpy scalars unwrapped; NaN and inf, which PostgreSQL's JSON refuses, as None)."""
+    out: dict[str, float | int | bool | str | None] = {}
+    for k, v in metrics.items():
+        if hasattr(v, "item") and not isinstance(v, bool | int | float):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v if v is None or isinstance(v, bool | int | float | str) else str(v)
+    return out

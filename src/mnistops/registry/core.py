@@ -92,12 +92,17 @@ class Registry:
 
     # --- registration (implemented in registry_register) -------------------------------------
     def register(
-        self, model_dir: Path, run_id: str | None = None, mnist: Mnist | None = None, profile: bool = True
+        self,
+        model_dir: Path,
+        run_id: str | None = None,
+        mnist: Mnist | None = None,
+        profile: bool = True,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Register a trained folder, idempotent per run (see :func:`mnistops.registry.register.register`)."""
         from mnistops.registry.register import register
 
-        return register(self, model_dir, run_id=run_id, mnist=mnist, profile=profile)
+        return register(self, model_dir, run_id=run_id, mnist=mnist, profile=profile, tags=tags)
 
     # --- lookup ----------------------------------------------------------------------------
     def search_versions(self, extra_filter: str = "") -> list[ModelVersion]:

@@ -51,6 +51,7 @@ def register(
     run_id: str | None = None,
     mnist: Mnist | None = None,
     profile: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Register a trained model folder as a new version (idempotent per run).
 
@@ -62,6 +63,8 @@ def register(
             with it; ``metrics.json`` is left as it is.
         mnist: data for the reference profile (loaded from the data dir if ``None``).
         profile: build and log the reference profile.
+        tags: extra version tags, set when the version is created (so a crash cannot leave a
+            version without them), e.g. the retrain job that produced it.
 
     Returns:
         The version; the existing one if this run was registered before.
@@ -92,8 +95,11 @@ def register(
         if existing:
             mv = existing[0]
             log.info("run %s already registered as version %s", run_id, mv.version)
+            stale = {k: v for k, v in (tags or {}).items() if mv.tags.get(k) != v}
+            if stale:
+                reg.set_tags(str(mv.version), stale)
         else:
-            mv = _create_version(reg, model_dir, run_id, metrics)
+            mv = _create_version(reg, model_dir, run_id, metrics, tags or {})
     if profile and mv.tags.get("profile") != "true":
         _log_profile(reg, str(mv.version), model_dir, run_id, mnist)
     return str(mv.version)
@@ -140,7 +146,9 @@ def _new_run(
     return str(run.info.run_id)
 
 
-def _create_version(reg: Registry, model_dir: Path, run_id: str, metrics: dict[str, Any]) -> ModelVersion:
+def _create_version(
+    reg: Registry, model_dir: Path, run_id: str, metrics: dict[str, Any], extra_tags: dict[str, str]
+) -> ModelVersion:
     import mlflow.pyfunc
     import numpy as np
     from mlflow.exceptions import MlflowException
@@ -184,6 +192,7 @@ def _create_version(reg: Registry, model_dir: Path, run_id: str, metrics: dict[s
         "train_seed": str(metrics.get("seed", "")),
         "train_config": json.dumps(json.loads(config), separators=(",", ":"))[:4900],
         "source_dir": str(model_dir.resolve()),
+        **extra_tags,
     }
     tags = {k: v for k, v in tags.items() if v}  # a missing metric is no tag, not an empty one
     mv = cl.create_model_version(reg.name, f"{run.info.artifact_uri}/{MODEL_PATH}", run_id=run_id, tags=tags)

@@ -1,9 +1,10 @@
 """The FastAPI application factory.
 
 ``create_app(settings)`` wires the prediction store and its batching logger, the model follower
-(which tracks the registry's ``champion`` alias), metrics, routes and error mapping. Nothing is
-created on import; the lifespan builds and tears everything down (SIGTERM → uvicorn shutdown →
-the logger flushes every accepted prediction).
+(which tracks the registry's ``champion`` alias), the shadow runner, metrics, routes and error
+mapping: an API replica and nothing else (the monitor, controller and worker are their own
+processes, see docs/control-plane.md). Nothing is created on import; the lifespan builds and tears
+everything down (SIGTERM → uvicorn shutdown → the logger flushes every accepted prediction).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -22,13 +23,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnistops import __version__
 from mnistops.service.errors import install_error_handlers
-from mnistops.service.inference import ModelFollower
-from mnistops.service.metrics import LogCollector, ServiceMetrics
+from mnistops.service.follower import ModelFollower
+from mnistops.service.inference import LoadedModel
+from mnistops.service.metrics import ServiceMetrics
 from mnistops.service.openapi import install_openapi
-from mnistops.service.routes import admin, ops, predict
+from mnistops.service.routes import admin, monitoring, ops, predict
 from mnistops.service.routes.ops import static_dir
-from mnistops.service.state import Resolver, ServiceState
+from mnistops.service.state import RegistryOps, Resolver, ServiceState
 from mnistops.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mnistops.service.logger import PredictionLogger
+    from mnistops.service.shadow import ShadowRunner
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ class MetricsMiddleware:
             self.metrics.latency.labels(route=path).observe(time.perf_counter() - t0)
 
 
-def default_resolver(settings: Settings) -> tuple[Resolver, Any]:
+def default_resolver(settings: Settings) -> tuple[Resolver, RegistryOps]:
     """Follow the registry's ``champion`` alias (one registry call per poll)."""
     from mnistops.registry.core import Registry
 
@@ -71,7 +77,9 @@ def default_resolver(settings: Settings) -> tuple[Resolver, Any]:
     return (lambda: reg.resolve_alias("champion")), reg
 
 
-def _shadow_runner(settings: Settings, reg: Any, logger: Any, metrics: ServiceMetrics) -> Any:
+def _shadow_runner(
+    settings: Settings, reg: RegistryOps, logger: PredictionLogger, metrics: ServiceMetrics
+) -> ShadowRunner:
     from mnistops.service.shadow import ShadowRunner
 
     def resolve() -> tuple[str, Path] | None:
@@ -91,77 +99,90 @@ def _shadow_runner(settings: Settings, reg: Any, logger: Any, metrics: ServiceMe
     )
 
 
+def _follower(settings: Settings, resolve: Resolver, metrics: ServiceMetrics) -> ModelFollower:
+    def on_change(old: LoadedModel | None, new: LoadedModel) -> None:
+        metrics.set_model(new.version, new.backend)
+        metrics.model_swaps.inc()
+        log.info("now serving model version %s (%s)", new.version, new.backend)
+
+    return ModelFollower(
+        resolve,
+        backend=settings.inference_backend,
+        poll_seconds=settings.model_poll_seconds,
+        intra_op_threads=settings.inference_threads,
+        on_change=on_change,
+    )
+
+
+def _start_state(
+    settings: Settings, metrics: ServiceMetrics, resolver: Resolver | None, registry_ops: RegistryOps | None
+) -> ServiceState:
+    """Build and start the store, logger, model follower and (when configured) the shadow runner."""
+    from mnistops.service.logger import PredictionLogger
+    from mnistops.store.predictions import PredictionStore
+
+    settings.ensure_dirs()
+    res, reg = resolver, registry_ops
+    if res is None:
+        res, default_reg = default_resolver(settings)
+        reg = reg or default_reg
+    store = PredictionStore(settings.database)
+    logger = PredictionLogger(
+        store,
+        settings.journal_dir,
+        durability=settings.durability,
+        batch_size=settings.log_batch_size,
+        flush_seconds=settings.log_flush_seconds,
+        segment_bytes=settings.journal_segment_bytes,
+    )
+    follower = _follower(settings, res, metrics)
+    state = ServiceState(settings, metrics, follower, store, logger, registry_ops=reg)
+    metrics.log_stats = state.logger_stats
+    follower.start()
+    if reg is not None and (settings.shadow_requests > 0 or settings.canary_share > 0):
+        state.shadow = _shadow_runner(settings, reg, logger, metrics).start()
+    return state
+
+
+def _stop_state(state: ServiceState) -> None:
+    """Stop everything in reverse order; the logger flushes last (nothing accepted is lost)."""
+    for bg in reversed(state.background):
+        try:
+            bg.stop()
+        except Exception:  # keep shutting down the rest
+            log.exception("stopping %r failed", bg)
+    state.follower.stop()
+    if state.shadow is not None:
+        state.shadow.stop()
+    state.logger.close()  # commit what the store takes; the rest stays journaled for the next start
+    state.store.close()
+
+
 def create_app(
     settings: Settings | None = None,
     resolver: Resolver | None = None,
-    registry_ops: Any = None,
+    registry_ops: RegistryOps | None = None,
     on_start: Callable[[ServiceState], object] | None = None,
 ) -> FastAPI:
-    """Build the app.
+    """Build the app: an API replica (inference, prediction log, feedback, shadow/canary, pages).
 
     Args:
         settings: service settings (default: from the environment).
         resolver: returns ``(version, model_dir)`` of the model to serve; default follows the
             registry's champion alias.
-        registry_ops: object with promote/rollback/get_version/history (default: the registry).
-        on_start: hook called with the state once everything is up (e.g. start the monitor).
+        registry_ops: the registry (default: the MLflow registry of ``settings``).
+        on_start: hook called with the state once everything is up (tests); whatever it adds to
+            ``state.background`` is stopped with the app.
     """
     settings = settings or get_settings()
     metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from mnistops.service.logger import PredictionLogger
-        from mnistops.store.predictions import PredictionStore
-
-        settings.ensure_dirs()
-        res, reg = resolver, registry_ops
-        if res is None:
-            res, default_reg = default_resolver(settings)
-            reg = reg or default_reg
-        store = PredictionStore(settings.database)
-        logger = PredictionLogger(
-            store,
-            settings.spill_path,
-            batch_size=settings.log_batch_size,
-            flush_seconds=settings.log_flush_seconds,
-        )
-
-        def on_change(old: Any, new: Any) -> None:
-            metrics.set_model(new.version, new.backend)
-            metrics.model_swaps.inc()
-            log.info("now serving model version %s (%s)", new.version, new.backend)
-
-        follower = ModelFollower(
-            res,
-            backend=settings.inference_backend,
-            poll_seconds=settings.model_poll_seconds,
-            intra_op_threads=settings.inference_threads,
-            on_change=on_change,
-        )
-        state = ServiceState(
-            settings=settings,
-            metrics=metrics,
-            follower=follower,
-            store=store,
-            logger=logger,
-            registry_ops=reg,
-        )
-        metrics.registry.register(LogCollector(state.logger_stats))
-        follower.start()
-        if reg is not None and (settings.shadow_requests > 0 or settings.canary_share > 0):
-            state.shadow = _shadow_runner(settings, reg, logger, metrics).start()
+        state = _start_state(settings, metrics, resolver, registry_ops)
         app.state.service = state
         if on_start is not None:
             on_start(state)
-        elif settings.loop_in_serve:
-            from mnistops.controller.loop import attach_loop
-
-            attach_loop(state)
-        elif settings.monitor_in_serve:
-            from mnistops.monitor.runner import attach_to_service
-
-            attach_to_service(state)
         # What exists now (imported modules, settings, the model follower) lives as long as the
         # process. Freezing it keeps the collector's full passes from rescanning it on the request
         # path: under load they paused the event loop for 45-160 ms (gc.callbacks, bench-serve).
@@ -171,16 +192,7 @@ def create_app(
             yield
         finally:
             gc.unfreeze()
-            for bg in reversed(state.background):
-                try:
-                    bg.stop()
-                except Exception:  # keep shutting down the rest
-                    log.exception("stopping %r failed", bg)
-            follower.stop()
-            if state.shadow is not None:
-                state.shadow.stop()
-            logger.close()  # flush: nothing accepted is lost
-            store.close()
+            _stop_state(state)
             app.state.service = None
 
     app = FastAPI(
@@ -195,8 +207,6 @@ def create_app(
     app.include_router(predict.router)
     app.include_router(admin.router_for(settings))
     app.include_router(ops.router)
-    from mnistops.service.routes import monitoring
-
     app.include_router(monitoring.router)
     app.mount("/static", StaticFiles(directory=Path(static_dir())), name="static")
     return app

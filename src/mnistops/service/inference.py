@@ -5,20 +5,15 @@ runs ``model.pt`` and is the fallback when the ONNX file is missing or unloadabl
 thread-safe: ``InferenceSession.run`` is, and the torch module is only read under
 ``inference_mode``.
 
-:class:`ModelFollower` keeps the served :class:`LoadedModel` in one attribute. A background thread
-asks ``resolve()`` (e.g. the registry's ``champion`` alias) for the current version; a new
-version is loaded and warmed up *off to the side*, then published with a single attribute
-assignment. A request grabs the object once (``follower.current()``) and finishes on it, so it
-never sees a half-loaded model nor mixes two versions.
+:func:`load_model_dir` loads and warms up a model folder as a :class:`LoadedModel`; the service's
+:class:`~mnistops.service.follower.ModelFollower` swaps them as the champion alias moves.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +24,7 @@ import numpy as np
 from mnistops.constants import MEAN, STD
 from mnistops.errors import InputError, ModelError, ModelNotFoundError
 
-__all__ = ["MEAN", "STD", "LoadedModel", "ModelFollower", "OnnxClassifier", "TorchClassifier"]
+__all__ = ["MEAN", "STD", "LoadedModel", "OnnxClassifier", "TorchClassifier", "load_model_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -212,146 +207,3 @@ def _read_metrics(model_dir: Path) -> dict[str, Any]:
         log.warning("unreadable %s: %s", path, exc)
         return {}
     return data if isinstance(data, dict) else {}
-
-
-Loader = Callable[[str, Path], LoadedModel]
-Listener = Callable[[LoadedModel | None, LoadedModel], None]
-
-
-class ModelFollower:
-    """Serve whatever version ``resolve()`` names, swapping atomically when it changes."""
-
-    def __init__(
-        self,
-        resolve: Callable[[], tuple[str, Path]],
-        backend: str = "onnx",
-        poll_seconds: float = 2.0,
-        intra_op_threads: int = 1,
-        loader: Loader | None = None,
-        on_change: Listener | None = None,
-    ) -> None:
-        """Create a follower; nothing is loaded until :meth:`start` or :meth:`force_refresh`.
-
-        Args:
-            resolve: Returns ``(version, local model folder)`` of the model to serve.
-            backend: Preferred backend (``"onnx"`` or ``"torch"``).
-            poll_seconds: Interval between two ``resolve()`` calls in the background thread.
-            intra_op_threads: onnxruntime threads per run.
-            loader: Replaces :func:`load_model_dir` (tests, shadow models).
-            on_change: Called as ``on_change(old, new)`` after each swap (metrics, logging).
-        """
-        self._resolve = resolve
-        self.backend = backend
-        self.poll_seconds = poll_seconds
-        self._loader: Loader = loader or (
-            lambda v, d: load_model_dir(v, d, backend=backend, intra_op_threads=intra_op_threads)
-        )
-        self._on_change = on_change
-        self._current: LoadedModel | None = None  # swapped by ONE assignment; readers take no lock
-        self._load_lock = threading.Lock()  # one load at a time (poller vs force_refresh)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.load_failures = 0
-        self.resolve_failures = 0
-        self.swaps = 0
-        self.last_error: str | None = None
-        self._failed_version: str | None = None
-
-    def current(self) -> LoadedModel:
-        """The model to use for one request (grab once, use for the whole request).
-
-        Raises:
-            ModelError: No model has been loaded yet (HTTP 503).
-        """
-        model = self._current
-        if model is None:
-            raise ModelError("no model loaded yet")
-        return model
-
-    @property
-    def ready(self) -> bool:
-        """True once a model is being served."""
-        return self._current is not None
-
-    def force_refresh(self, reload: bool = False) -> LoadedModel:
-        """Resolve now and load the named version if it differs (or ``reload``); errors propagate.
-
-        Returns:
-            The model served afterwards.
-
-        Raises:
-            MnistopsError: From ``resolve()`` or the loader; the previous model stays served.
-        """
-        with self._load_lock:
-            version, model_dir = self._resolve()
-            self._swap_to(str(version), Path(model_dir), reload)
-        return self.current()
-
-    def poll_once(self) -> None:
-        """One background poll: like :meth:`force_refresh` but errors are logged and counted."""
-        with self._load_lock:
-            try:
-                version, model_dir = self._resolve()
-            except Exception as exc:  # registry down etc.: keep serving the old model
-                self.resolve_failures += 1
-                self.last_error = f"resolve: {exc}"
-                log.warning("cannot resolve the model to serve: %s", exc)
-                return
-            try:
-                self._swap_to(str(version), Path(model_dir), reload=False)
-            except Exception as exc:  # a broken new version must never take the service down
-                self.load_failures += 1
-                self.last_error = f"load {version}: {exc}"
-                # loud once per bad version, quiet on the retries of the following polls
-                level = logging.DEBUG if self._failed_version == str(version) else logging.ERROR
-                self._failed_version = str(version)
-                log.log(level, "cannot load model version %s from %s: %s", version, model_dir, exc)
-
-    def _swap_to(self, version: str, model_dir: Path, reload: bool) -> None:
-        """Load ``version`` off to the side and publish it (caller holds ``_load_lock``)."""
-        old = self._current
-        if not reload and old is not None and old.version == version:
-            return
-        new = self._loader(version, model_dir)  # fully loaded and warmed up, or raises
-        self._current = new  # the atomic swap: in-flight requests keep the object they grabbed
-        self.swaps += 1
-        self._failed_version = None
-        log.info("serving model version %s (%s) from %s", new.version, new.backend, new.model_dir)
-        if self._on_change is not None:
-            try:
-                self._on_change(old, new)
-            except Exception:  # a listener bug must not look like a failed load
-                log.exception("model change listener failed")
-
-    def start(self) -> None:
-        """Load the current version once (errors logged) and start the polling thread."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self.poll_once()
-        self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the polling thread (the current model stays usable)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            self.poll_once()
-
-    def stats(self) -> dict[str, Any]:
-        """Counters for /health and Prometheus."""
-        cur = self._current
-        return {
-            "version": cur.version if cur else None,
-            "backend": cur.backend if cur else None,
-            "loaded_at": cur.loaded_at if cur else None,
-            "swaps": self.swaps,
-            "load_failures": self.load_failures,
-            "resolve_failures": self.resolve_failures,
-            "last_error": self.last_error,
-        }

@@ -1,271 +1,249 @@
-"""Asynchronous, loss-free prediction logging.
+"""The prediction log of an API replica: a prediction is answered only once it is journaled.
 
-``submit`` only appends to an in-memory queue (the request path never waits for the database).
-One background thread drains the queue in batches into ``store.insert_many``. When the store
-fails, batches go to an fsync'd spill file (:mod:`.spill`) and the thread retries with
-exponential backoff; once the store answers again it replays the spill file (idempotently)
-before writing new batches, so rows keep their submission order.
+``await log(records)`` appends the rows to this replica's journal (:mod:`.journal`) and returns
+once they are durable for ``MNISTOPS_DURABILITY``; only then does the route answer:
+
+* ``process``: the write reached the OS page cache, so it survives ``kill -9`` of the server;
+* ``power``: the write was ``fdatasync``'d, so it also survives power loss.
+
+Group commit: the requests served in one event-loop iteration share one ``os.write`` (made at the
+end of that iteration, a few microseconds); in ``power`` mode the writes made while one
+``fdatasync`` runs share the next, so a request waits for at most two syncs and the event loop
+never waits for one. A writer thread (:mod:`.log_writer`) then commits the rows to the store in
+batches, replays what an earlier process left in the journal, and keeps rows on disk only while
+the store is down. Feedback and shadow answers go through the same journal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
-from mnistops.errors import NotFoundError, StoreError
-from mnistops.service.spill import Item, SpillFile
-from mnistops.store.records import PredictionRecord, ShadowRecord
+from mnistops.errors import InputError, JournalError, StoreError
+from mnistops.service.journal import Journal
+from mnistops.service.journal_format import JournalItem, encode_framed
+from mnistops.service.log_writer import PredictionSink, StoreWriter
+from mnistops.store.records import N_CLASSES, FeedbackRecord, PredictionRecord, ShadowRecord
 
 log = logging.getLogger(__name__)
 
+Durability = Literal["process", "power"]
+FeedbackStatus = Literal["recorded", "unchanged"]
+_Group = list[tuple[bytes, Sequence[JournalItem], "asyncio.Future[None]"]]
 
-class PredictionSink(Protocol):
-    """What the logger needs from a store (:class:`PredictionStore` satisfies it)."""
 
-    def insert_many(
-        self, records: Sequence[PredictionRecord], shadows: Sequence[ShadowRecord] = ()
-    ) -> int: ...
-
-    def add_feedback(self, prediction_id: str, true_label: int) -> Literal["recorded", "unchanged"]: ...
+def _settle(futures: list[asyncio.Future[None]], err: JournalError | None) -> None:
+    for f in futures:
+        if f.done():  # the request was cancelled meanwhile
+            continue
+        if err is None:
+            f.set_result(None)
+        else:
+            f.set_exception(JournalError(err.message))
 
 
 class PredictionLogger:
-    """Batches predictions into the store; never loses a submitted record.
+    """Journal-first prediction log (see module docstring).
 
     Args:
         store: the prediction store.
-        spill_path: spill file used while the store is down.
-        batch_size: max rows per insert.
-        flush_seconds: max wait for a batch to fill before writing it.
+        journal_dir: ``<home>/journal`` (each process locks its own slot in it).
+        durability: ``process`` or ``power``.
+        batch_size: max rows per store transaction.
+        flush_seconds: max wait for a batch to fill before committing it.
         min_backoff: first retry delay after a store failure (doubles up to ``max_backoff``).
         max_backoff: longest retry delay.
+        segment_bytes: journal segment size (a full segment is closed, then deleted once committed).
+
+    Raises:
+        JournalError: the journal directory cannot be locked or written.
     """
 
     def __init__(
         self,
         store: PredictionSink,
-        spill_path: Path | str,
+        journal_dir: Path | str,
+        *,
+        durability: Durability = "process",
         batch_size: int = 256,
         flush_seconds: float = 0.05,
-        *,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
+        segment_bytes: int = 8 << 20,
     ) -> None:
         self._store = store
-        self._spill = SpillFile(Path(spill_path))
-        self._batch_size = max(1, batch_size)
-        self._flush_seconds = flush_seconds
-        self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
-        self._cond = threading.Condition()
-        self._queue: deque[Item] = deque()
-        self._pending: set[str] = set()  # submitted prediction ids not yet committed to the store
-        self._submitted = 0  # items ever submitted
-        self._done = 0  # items committed or spilled
-        self._flush_waiters = 0  # >0: write immediately instead of waiting for a full batch
-        self._closing = False
-        self._write_errors = 0
-        self._backlog = self._spill.count()  # a previous process may have left rows to replay
-        self._healthy = True
-        self._backoff = min_backoff
-        self._retry_at = 0.0  # monotonic time of the next store attempt while unhealthy
-        self._thread = threading.Thread(target=self._run, name="prediction-logger", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)  # interpreter exit without lifespan shutdown still flushes
+        self.durability = durability
+        if durability == "power":  # segments are deleted after commit: commits must be as durable
+            store.require_durable_commits()
+        self._writer = StoreWriter(store, batch_size, flush_seconds, min_backoff, max_backoff)
+        self._journal = Journal(
+            Path(journal_dir),
+            fsync=durability == "power",
+            on_write=self._writer.on_write,
+            segment_bytes=segment_bytes,
+        )
+        self._writer.attach(self._journal, self._journal.open())
+        self._writer.start()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._group: _Group = []
+        self._closed = False
+        self._shadow_errors = 0
+        atexit.register(self.close)  # interpreter exit without lifespan shutdown still commits
 
-    # --- public API ---------------------------------------------------------------------------
-    def submit(self, record: PredictionRecord) -> None:
-        """Queue a prediction for the store; returns immediately.
+    # --- the request path ----------------------------------------------------------------------
+    async def log(self, records: Sequence[PredictionRecord]) -> None:
+        """Journal predictions; returns once they are durable (the route answers after this).
 
         Raises:
-            StoreError: the logger was closed.
+            JournalError: the journal write failed: the request must not be answered 200.
+            StoreError: the logger is closed.
         """
-        self._put(record, record.id)
+        data = encode_framed(list(records))
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:  # another event loop (tests): same guarantee, via a thread
+            await asyncio.to_thread(self._append_blocking, data, records)
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        self._group.append((data, records, fut))
+        if len(self._group) == 1:
+            loop.call_soon(self._write_group)  # after every request this iteration has resumed
+        await fut
+
+    def log_blocking(self, records: Sequence[JournalItem], timeout: float = 30.0) -> None:
+        """:meth:`log` for a worker thread (sync routes): blocks until durable."""
+        self._append_blocking(encode_framed(list(records)), records, timeout)
 
     def submit_shadow(self, record: ShadowRecord) -> None:
-        """Queue a challenger's shadow answer (written in the same batches as predictions)."""
-        self._put(record, None)
+        """Journal a challenger's shadow answer without waiting (it is never returned to anyone)."""
+        try:
+            self._check_open()
+            self._journal.append(encode_framed([record]), [record])
+        except StoreError as e:
+            self._shadow_errors += 1
+            log.warning("shadow answer for %s dropped: %s", record.prediction_id, e)
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted so far is committed or spilled.
+    def add_feedback(self, prediction_id: str, true_label: int, timeout: float = 30.0) -> FeedbackStatus:
+        """Journal a true label for a served prediction (blocking; the writer applies it in order).
 
-        Returns:
-            False if ``timeout`` (seconds) passed first.
-        """
-        with self._cond:
-            target = self._submitted
-            self._flush_waiters += 1
-            self._cond.notify_all()
-            try:
-                return self._cond.wait_for(lambda: self._done >= target, timeout)
-            finally:
-                self._flush_waiters -= 1
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Flush, try a last spill replay, stop the thread (idempotent; lifespan/SIGTERM hook)."""
-        with self._cond:
-            if self._closing and not self._thread.is_alive():
-                return
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("prediction logger did not stop within %ss (%d queued)", timeout, self.queue_depth)
-        atexit.unregister(self.close)
-
-    def add_feedback(
-        self, prediction_id: str, true_label: int, timeout: float = 5.0
-    ) -> Literal["recorded", "unchanged"]:
-        """``store.add_feedback`` that first flushes when the prediction is still queued.
+        "unchanged" if that label is already the latest one recorded or journaled (nothing is
+        written), else "recorded". The prediction may still be only in this replica's journal.
 
         Raises:
-            NotFoundError: unknown id (also after flushing).
-            StoreError: the store is down.
+            InputError: label outside 0..9.
+            NotFoundError: neither journaled here nor in the store.
+            StoreError: the store is down and the id is not journaled here (cannot be checked).
+            JournalError: the journal write failed.
         """
-        try:
-            return self._store.add_feedback(prediction_id, true_label)
-        except NotFoundError:
-            if not self.is_pending(prediction_id):
-                raise
-        self.flush(timeout)
-        return self._store.add_feedback(prediction_id, true_label)
+        if isinstance(true_label, bool) or not 0 <= int(true_label) < N_CLASSES:
+            raise InputError(f"true_label must be in 0..9, got {true_label!r}")
+        label = int(true_label)
+        # the writer forgets an id only after committing it: ask it first, then the store
+        in_journal, journaled_label = self._writer.pending(prediction_id)
+        if journaled_label is not None:
+            current: int | None = journaled_label
+        elif in_journal:
+            current = None
+        else:
+            current = self._store.feedback_label(prediction_id)
+        if current == label:
+            return "unchanged"
+        self.log_blocking([FeedbackRecord(prediction_id, label, time.time())], timeout)
+        return "recorded"
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything journaled so far is in the store; False if ``timeout`` passed first."""
+        return self._writer.flush(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what the store takes now, stop the threads, release the journal (idempotent).
+
+        Rows the store did not take stay in the journal and are replayed at the next start.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.stop(timeout)
+        self._journal.close(delete_if=self._writer.all_committed)
+        atexit.unregister(self.close)
 
     def is_pending(self, prediction_id: str) -> bool:
-        """True while a submitted prediction is queued or spilled (not yet in the store)."""
-        with self._cond:
-            return prediction_id in self._pending
+        """True while a journaled prediction is not yet committed to the store."""
+        return self._writer.pending(prediction_id)[0]
 
-    # --- metrics ------------------------------------------------------------------------------
+    # --- metrics --------------------------------------------------------------------------------
     @property
     def queue_depth(self) -> int:
-        """Records waiting in memory."""
-        with self._cond:
-            return len(self._queue)
-
-    @property
-    def write_errors(self) -> int:
-        """Failed store writes since start (a counter)."""
-        return self._write_errors
+        """Journaled rows held in memory for the writer's next batches."""
+        return self._writer.queue_depth
 
     @property
     def spill_backlog(self) -> int:
-        """Rows in the spill file waiting for replay."""
-        return self._backlog
+        """Journaled rows only on disk, waiting for the store (it was down, or a crash left them)."""
+        return self._writer.backlog_rows
+
+    @property
+    def write_errors(self) -> int:
+        """Failed store writes (rows stayed in the journal) and dropped shadow answers."""
+        return self._writer.write_errors + self._shadow_errors
 
     @property
     def healthy(self) -> bool:
-        """The last store write succeeded and the writer thread is alive."""
-        return self._healthy and self._thread.is_alive()
+        """The last store write succeeded and the writer thread runs."""
+        return self._writer.healthy
 
-    # --- worker -------------------------------------------------------------------------------
-    def _put(self, item: Item, pid: str | None) -> None:
-        with self._cond:
-            if self._closing:
-                raise StoreError("prediction logger is closed")
-            self._queue.append(item)
-            self._submitted += 1
-            if pid is not None:
-                self._pending.add(pid)
-            if len(self._queue) == 1 or len(self._queue) >= self._batch_size:
-                self._cond.notify_all()
+    # --- internals ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("prediction log is closed")
 
-    def _replay_due(self) -> bool:
-        return self._backlog > 0 and time.monotonic() >= self._retry_at
-
-    def _next_batch(self) -> list[Item] | None:
-        """Block until a batch is ready; [] = only a replay is due; None = stop."""
-        with self._cond:
-            while not self._queue and not self._closing and not self._replay_due():
-                wait = max(0.0, self._retry_at - time.monotonic()) if self._backlog else None
-                self._cond.wait(wait)
-            if not self._queue:
-                return None if self._closing else []
-            deadline = time.monotonic() + self._flush_seconds
-            while len(self._queue) < self._batch_size and not self._closing and not self._flush_waiters:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            n = min(self._batch_size, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
-
-    def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                break
-            try:
-                done = self._write(batch)
-            except Exception:  # never let the thread die: the queue would silently grow
-                log.exception("prediction logger: unexpected error")
-                done = False
-            with self._cond:
-                if done:
-                    self._done += len(batch)
-                else:  # neither stored nor spilled: keep in memory, retry after a pause
-                    self._queue.extendleft(reversed(batch))
-                self._cond.notify_all()
-            if not done:
-                with self._cond:
-                    self._cond.wait(self._backoff)
-        if self._backlog:  # shutting down: one last replay if the store came back
-            self._try_replay()
-
-    def _write(self, batch: list[Item]) -> bool:
-        """Store the batch (after any spill backlog) or spill it. False if both failed."""
-        if self._backlog and (self._healthy or self._replay_due()):
-            self._try_replay()
-        if not batch:
-            return True
-        if self._backlog == 0 and (self._healthy or time.monotonic() >= self._retry_at):
-            preds = [i for i in batch if isinstance(i, PredictionRecord)]
-            shadows = [i for i in batch if isinstance(i, ShadowRecord)]
-            try:
-                self._store.insert_many(preds, shadows)
-            except Exception as e:
-                self._failed(e)
-            else:
-                self._succeeded([p.id for p in preds])
-                return True
-        try:  # store down (or backlog not yet replayed, keeping order): spill
-            self._backlog += self._spill.append(batch)
-            return True
-        except OSError as e:
-            self._write_errors += 1
-            log.error("prediction logger: spill to %s failed too: %s", self._spill.path, e)
-            return False
-
-    def _try_replay(self) -> None:
+    def _write_group(self) -> None:
+        """One journal write for every request that joined the group (runs in the event loop)."""
+        group, self._group = self._group, []
+        futures = [f for _, _, f in group]
         try:
-            ids, bad = self._spill.replay(lambda p, s: self._store.insert_many(p, s))
-        except Exception as e:
-            self._failed(e)
+            self._check_open()
+            self._journal.append(
+                b"".join(d for d, _, _ in group),
+                [item for _, items, _ in group for item in items],
+                on_durable=self._on_durable(futures),
+            )
+        except StoreError as e:
+            _settle(futures, e if isinstance(e, JournalError) else JournalError(e.message))
+
+    def _on_durable(self, futures: list[asyncio.Future[None]]) -> Callable[[JournalError | None], None]:
+        loop = self._loop
+        assert loop is not None
+        if self.durability == "process":  # called at once, in the event loop
+            return lambda err: _settle(futures, err)
+
+        def from_syncer(err: JournalError | None) -> None:
+            loop.call_soon_threadsafe(_settle, futures, err)
+
+        return from_syncer
+
+    def _append_blocking(self, data: bytes, items: Sequence[JournalItem], timeout: float = 30.0) -> None:
+        self._check_open()
+        if self.durability == "process":
+            self._journal.append(data, list(items))
             return
-        if bad:
-            log.error("prediction logger: %d corrupt spill lines skipped", bad)
-        log.info("prediction logger: replayed %d spilled predictions", len(ids))
-        self._backlog = 0
-        self._succeeded(ids)
+        done = threading.Event()
+        result: list[JournalError | None] = []
 
-    def _failed(self, e: Exception) -> None:
-        self._write_errors += 1
-        if self._healthy:
-            log.warning("prediction store unavailable, spilling to %s: %s", self._spill.path, e)
-        else:
-            self._backoff = min(self._backoff * 2, self._max_backoff)
-        self._healthy = False
-        self._retry_at = time.monotonic() + self._backoff
+        def on_durable(err: JournalError | None) -> None:
+            result.append(err)
+            done.set()
 
-    def _succeeded(self, ids: list[str]) -> None:
-        if not self._healthy:
-            log.info("prediction store is back")
-        self._healthy = True
-        self._backoff = self._min_backoff
-        with self._cond:
-            self._pending.difference_update(ids)
+        self._journal.append(data, list(items), on_durable=on_durable)
+        if not done.wait(timeout):
+            raise JournalError(f"prediction journal fsync took longer than {timeout} s")
+        if result[0] is not None:
+            raise result[0]

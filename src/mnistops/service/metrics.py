@@ -1,6 +1,8 @@
 """Prometheus metrics of the prediction service (one CollectorRegistry per app instance).
 
 Names follow Prometheus conventions: `mnistops_` prefix, base units (seconds), `_total` counters.
+:func:`metrics_registry` is what an API replica's ``/metrics`` exposes (every role module has one;
+``tests/e2e/test_pages_static.py`` checks the deploy/ configs against them).
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 
-class ServiceMetrics:
-    """Request, prediction and prediction-log metrics."""
+LogStats = Callable[[], dict[str, int]]
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+
+class ServiceMetrics:
+    """Request, prediction and prediction-log metrics.
+
+    Args:
+        registry: where they are registered (default: a private one).
+        log_stats: the prediction logger's counters, read at scrape time (settable later:
+            the logger is built after the metrics).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, log_stats: LogStats | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -58,10 +69,9 @@ class ServiceMetrics:
             registry=r,
         )
         self.feedback = Counter("mnistops_feedback", "Feedback labels received.", ["status"], registry=r)
-        self.rollbacks = Counter(
-            "mnistops_rollbacks", "Automatic rollbacks by the post-promotion watch.", registry=r
-        )
         self.model_swaps = Counter("mnistops_model_swaps", "Hot swaps of the served model.", registry=r)
+        self.log_stats: LogStats = log_stats or dict
+        r.register(LogCollector(lambda: self.log_stats()))
         self._info_labels: tuple[str, str] | None = None
 
     def set_model(self, version: str, backend: str) -> None:
@@ -81,7 +91,7 @@ class LogCollector(Collector):
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        """Yield queue depth, spill backlog (gauges) and write errors (counter)."""
+        """Yield queue depth, journal backlog (gauges) and write errors (counter)."""
         st = self._stats()
         yield GaugeMetricFamily(
             "mnistops_prediction_log_queue_depth",
@@ -90,11 +100,16 @@ class LogCollector(Collector):
         )
         yield GaugeMetricFamily(
             "mnistops_prediction_log_spill_backlog",
-            "Predictions in the local spill file awaiting replay into the store.",
+            "Journaled rows only on disk, awaiting replay into the store (store down, or left by a crash).",
             value=st.get("spill_backlog", 0),
         )
         yield CounterMetricFamily(
             "mnistops_prediction_log_write_errors",
-            "Failed prediction-log writes (the batch was spilled to disk, not lost).",
+            "Failed prediction-log store writes (the rows stay in the journal, not lost).",
             value=st.get("write_errors", 0),
         )
+
+
+def metrics_registry() -> CollectorRegistry:
+    """A registry with every series an API replica exports (fresh, unbound)."""
+    return ServiceMetrics().registry

@@ -1,4 +1,4 @@
-"""Alert events, monitoring windows and retraining jobs (the non-prediction half of the store)."""
+"""Alert events and monitoring windows (the non-prediction half of the store; jobs: :mod:`.jobs`)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,10 @@ from typing import Any
 from sqlalchemy import CursorResult, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from mnistops.errors import JobError, NotFoundError, StoreError
+from mnistops.errors import StoreError
 from mnistops.store.engine import Database
-from mnistops.store.records import AlertEvent, JobState, MonitorWindow, RetrainJob
-from mnistops.store.schema import alert_events, monitor_windows, retrain_jobs
-
-JOB_STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed")
-# allowed job transitions; terminal states never change
-_NEXT_STATES: dict[str, tuple[str, ...]] = {
-    "queued": ("running", "failed"),
-    "running": ("succeeded", "failed"),
-    "succeeded": (),
-    "failed": (),
-}
+from mnistops.store.records import AlertEvent, MonitorWindow
+from mnistops.store.schema import alert_events, monitor_windows
 
 
 def alert_fingerprint(rule: str, labels: dict[str, Any] | None = None) -> str:
@@ -60,14 +51,8 @@ def _window(row: Row[Any]) -> MonitorWindow:
     return MonitorWindow(**m)
 
 
-def _job(row: Row[Any]) -> RetrainJob:
-    m = dict(row._mapping)
-    m["details"] = dict(m["details"] or {})
-    return RetrainJob(**m)
-
-
 class EventStore(Database):
-    """Alerts, monitor windows and retrain jobs on top of :class:`Database`."""
+    """Alerts and monitor windows on top of :class:`Database`."""
 
     # --- alerts -----------------------------------------------------------------------------
     def open_alert(
@@ -175,87 +160,3 @@ class EventStore(Database):
         """The most recent window (where a restarted monitor resumes), or None."""
         rows = self.latest_windows(1)
         return rows[0] if rows else None
-
-    # --- retrain jobs -----------------------------------------------------------------------
-    def create_job(self, trigger: str, *, details: dict[str, Any] | None = None) -> RetrainJob:
-        """Queue a retraining job (state "queued")."""
-        values: dict[str, Any] = {
-            "state": "queued",
-            "trigger": trigger,
-            "created_at": time.time(),
-            "details": details or {},
-        }
-        with self._tx(write=True) as conn:
-            new_id = _new_id(conn.execute(insert(retrain_jobs).values(**values)))
-        return self.get_job(new_id)
-
-    def get_job(self, job_id: int) -> RetrainJob:
-        """One job. Raises NotFoundError for an unknown id."""
-        with self._tx(write=False) as conn:
-            row = conn.execute(select(retrain_jobs).where(retrain_jobs.c.id == job_id)).first()
-        if row is None:
-            raise NotFoundError(f"retrain job {job_id} not found")
-        return _job(row)
-
-    def update_job(
-        self,
-        job_id: int,
-        *,
-        state: JobState | None = None,
-        version: str | None = None,
-        error: str | None = None,
-        append_log: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> RetrainJob:
-        """Change a job; ``started_at``/``finished_at`` are stamped on entering running/terminal states.
-
-        Args:
-            job_id: the job.
-            state: new state (queued -> running|failed, running -> succeeded|failed).
-            version: model version the job produced.
-            error: failure text.
-            append_log: text appended to the job log.
-            details: keys merged into the details JSON.
-
-        Raises:
-            NotFoundError: unknown job id.
-            JobError: unknown state or a forbidden transition (e.g. out of a terminal state).
-        """
-        if state is not None and state not in JOB_STATES:
-            raise JobError(f"unknown job state {state!r} (expected one of {JOB_STATES})")
-        with self._tx(write=True) as conn:
-            row = conn.execute(
-                select(retrain_jobs).where(retrain_jobs.c.id == job_id).with_for_update()
-            ).first()
-            if row is None:
-                raise NotFoundError(f"retrain job {job_id} not found")
-            job = _job(row)
-            values: dict[str, Any] = {}
-            now = time.time()
-            if state is not None and state != job.state:
-                if state not in _NEXT_STATES[job.state]:
-                    raise JobError(f"job {job_id} cannot go from {job.state} to {state}")
-                values["state"] = state
-                if state == "running":
-                    values["started_at"] = now
-                if state in ("succeeded", "failed"):
-                    values["finished_at"] = now
-            if version is not None:
-                values["version"] = version
-            if error is not None:
-                values["error"] = error
-            if append_log:
-                values["log"] = job.log + append_log
-            if details:
-                values["details"] = {**job.details, **details}
-            if values:
-                conn.execute(update(retrain_jobs).where(retrain_jobs.c.id == job_id).values(**values))
-        return self.get_job(job_id)
-
-    def list_jobs(self, *, state: JobState | None = None, limit: int = 50) -> list[RetrainJob]:
-        """Jobs, newest first, optionally filtered by state."""
-        q = select(retrain_jobs).order_by(retrain_jobs.c.id.desc()).limit(limit)
-        if state is not None:
-            q = q.where(retrain_jobs.c.state == state)
-        with self._tx(write=False) as conn:
-            return [_job(r) for r in conn.execute(q)]

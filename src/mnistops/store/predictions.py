@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, bindparam, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mnistops.errors import InputError, NotFoundError
@@ -20,6 +20,7 @@ from mnistops.store.events import EventStore, alert_fingerprint
 from mnistops.store.records import (
     N_CLASSES,
     AlertEvent,
+    FeedbackRecord,
     MonitorWindow,
     PredictionRecord,
     PredictionWindow,
@@ -31,6 +32,7 @@ from mnistops.store.schema import predictions, shadow_predictions
 
 __all__ = [
     "AlertEvent",
+    "FeedbackRecord",
     "MonitorWindow",
     "PredictionRecord",
     "PredictionStore",
@@ -45,6 +47,31 @@ P = predictions.c
 # column order of every bulk read (see _to_window)
 _COLS = (P.seq, P.id, P.ts, P.model_version, P.image, P.probs, P.label, P.confidence, P.latency_ms)
 _COLS2 = (P.served_by, P.true_label, P.client)
+
+
+# Idempotent feedback (see insert_many): a new label, and not older than the one stored. The
+# timestamp test keeps a replayed old label (say from another replica's journal) from undoing
+# a newer one.
+_APPLY_FEEDBACK = (
+    update(predictions)
+    .where(
+        P.id == bindparam("pid"),
+        or_(P.true_label.is_(None), P.true_label != bindparam("new_label")),
+        or_(P.feedback_ts.is_(None), P.feedback_ts <= bindparam("fb_ts")),
+    )
+    .values(true_label=bindparam("new_label"), feedback_ts=bindparam("fb_ts"))
+)
+
+
+def _durable_session(is_sqlite: bool, dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    if is_sqlite:
+        cur.execute("PRAGMA synchronous=FULL")  # after the engine's NORMAL (listeners run in order)
+        cur.close()
+        return
+    cur.execute("SET synchronous_commit TO on")
+    cur.close()
+    dbapi_conn.commit()  # SET is transactional: keep it past the pool's reset
 
 
 def _probs_blob(probs: Sequence[float]) -> bytes:
@@ -91,16 +118,24 @@ class PredictionStore(EventStore):
         dialect = sqlite if self.is_sqlite else postgresql
         return dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
 
-    def insert_many(self, records: Sequence[PredictionRecord], shadows: Sequence[ShadowRecord] = ()) -> int:
-        """Insert predictions (and shadow answers) in one transaction, skipping ids already stored.
+    def insert_many(
+        self,
+        records: Sequence[PredictionRecord],
+        shadows: Sequence[ShadowRecord] = (),
+        feedback: Sequence[FeedbackRecord] = (),
+    ) -> int:
+        """Insert predictions and shadow answers, then apply feedback, in one transaction.
 
-        Skipping existing ids makes retries and spill replays idempotent. Rows get increasing
-        ``seq`` in list order.
+        Idempotent, so journal replays and retries are safe: ids already stored are skipped, and
+        feedback changes a prediction only to a different label and only if it is not older than
+        the stored one (the same feedback applied twice, or an older one replayed after a newer
+        one, changes nothing). Rows get increasing ``seq`` in list order; feedback for a
+        prediction of the same call applies to it.
 
         Returns:
             Number of prediction rows actually inserted.
         """
-        if not records and not shadows:
+        if not records and not shadows and not feedback:
             return 0
         inserted = 0
         with self._tx(write=True) as conn:
@@ -141,7 +176,36 @@ class PredictionStore(EventStore):
                 conn.execute(
                     self._insert_ignore(shadow_predictions, ["prediction_id", "model_version"]), srows
                 )
+            if feedback:  # executed in order: the last label reported for an id wins
+                frows = [{"pid": f.prediction_id, "new_label": f.true_label, "fb_ts": f.ts} for f in feedback]
+                conn.execute(_APPLY_FEEDBACK, frows)
         return inserted
+
+    def feedback_label(self, prediction_id: str) -> int | None:
+        """The true label recorded for a prediction (None: no feedback yet).
+
+        Raises:
+            NotFoundError: no prediction with that id.
+        """
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(P.true_label).where(P.id == prediction_id)).first()
+        if row is None:
+            raise NotFoundError(f"prediction {prediction_id!r} not found")
+        return None if row[0] is None else int(row[0])
+
+    def require_durable_commits(self) -> None:
+        """Make later commits survive power loss (``MNISTOPS_DURABILITY=power``).
+
+        SQLite: ``synchronous=FULL``, the WAL is fsync'd at every commit (with the default NORMAL
+        it is synced only at checkpoints, so a power cut can undo the last commits; an
+        application crash cannot). PostgreSQL: ``synchronous_commit=on`` for this store's
+        sessions whatever the server default, so a commit returns once its WAL is flushed.
+        """
+        if getattr(self, "_durable_commits", False):
+            return
+        self._durable_commits = True
+        event.listen(self._engine, "connect", lambda c, r: _durable_session(self.is_sqlite, c, r))
+        self._engine.dispose()  # pooled connections reconnect with the setting
 
     def add_feedback(
         self, prediction_id: str, true_label: int, *, now: float | None = None

@@ -145,6 +145,15 @@ class ShadowRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """A true label reported for a prediction; applying it again is a no-op (the last one wins)."""
+
+    prediction_id: str
+    true_label: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
 class PredictionWindow:
     """Column arrays of consecutive predictions, ordered by ``seq`` ascending (N rows)."""
 
@@ -219,6 +228,17 @@ class MonitorWindow:
     realized_accuracy: float | None = None
     id: int | None = None
     created_at: float | None = None
+
+    @property
+    def resume_after_seq(self) -> int:
+        """Seq after which a restarted monitor reads to rebuild its next window.
+
+        Rows up to it are evaluated (a sliding window's next start minus one, else ``end_seq``).
+        """
+        combined = self.results.get("combined", {})
+        details = combined.get("details", {}) if isinstance(combined, dict) else {}
+        resume = details.get("resume_after_seq") if isinstance(details, dict) else None
+        return int(resume) if isinstance(resume, int) else int(self.end_seq)
 
 
 JobState = Literal["queued", "running", "succeeded", "failed"]

@@ -3,7 +3,8 @@
 Labelled production rows are split deterministically by a hash of the prediction id: one in
 :data:`HOLDOUT_EVERY` is the held-out evaluation slice of the production gate and is never trained
 on, so the slice stays the same rows as feedback accumulates, in any store. The job runner that
-strings these steps together is :mod:`mnistops.worker.jobs`.
+strings these steps together is :mod:`mnistops.worker.jobs`. The production gate's thresholds are
+one frozen :class:`ProductionGateConfig`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnistops.controller.policy import mcnemar
 from mnistops.errors import JobError
+from mnistops.gates.stats import mcnemar
 
 if TYPE_CHECKING:
     import torch
@@ -27,10 +28,13 @@ if TYPE_CHECKING:
     from mnistops.training.train import TrainConfig
 
 __all__ = [
+    "DEFAULT_GATE",
     "FINETUNE_MAX_LR",
     "FINETUNE_PCT_START",
     "HOLDOUT_EVERY",
+    "ProductionGateConfig",
     "ProductionGateResult",
+    "RetrainRecipe",
     "clean_accuracies",
     "decide_production_gate",
     "holdout_mask",
@@ -54,6 +58,18 @@ FINETUNE_PCT_START = 0.1
 
 # --- production gate (pure decision) ---------------------------------------------------------------
 @dataclass(frozen=True)
+class ProductionGateConfig:
+    """When a retrained model may become the challenger (the one set of production-gate defaults)."""
+
+    alpha: float = 0.05  # one-sided exact McNemar level: challenger better on held-out production rows
+    clean_tolerance: float = 0.005  # largest clean MNIST test accuracy drop vs the champion
+    min_rows: int = 30  # held-out labelled production rows needed before the gate can pass
+
+
+DEFAULT_GATE = ProductionGateConfig()
+
+
+@dataclass(frozen=True)
 class ProductionGateResult:
     """Challenger vs champion on the held-out labelled production slice and on clean MNIST test."""
 
@@ -68,8 +84,8 @@ class ProductionGateResult:
     champion_clean_acc: float | None = None  # clean MNIST test set
     challenger_clean_acc: float | None = None
     clean_drop: float | None = None  # champion_clean_acc - challenger_clean_acc
-    alpha: float = 0.05
-    clean_tolerance: float = 0.005
+    alpha: float = DEFAULT_GATE.alpha  # the config that decided
+    clean_tolerance: float = DEFAULT_GATE.clean_tolerance
 
 
 def decide_production_gate(
@@ -78,10 +94,7 @@ def decide_production_gate(
     challenger_pred: Any,
     champion_clean_acc: float,
     challenger_clean_acc: float,
-    *,
-    alpha: float = 0.05,
-    clean_tolerance: float = 0.005,
-    min_rows: int = 30,
+    config: ProductionGateConfig = DEFAULT_GATE,
 ) -> ProductionGateResult:
     """Pass iff the challenger is significantly better on production rows and not worse on clean MNIST.
 
@@ -91,10 +104,9 @@ def decide_production_gate(
         challenger_pred: int [N] challenger predictions on them.
         champion_clean_acc: champion accuracy on the clean MNIST test set.
         challenger_clean_acc: challenger accuracy on the clean MNIST test set.
-        alpha: significance level of the one-sided exact McNemar test.
-        clean_tolerance: largest allowed clean-test accuracy drop.
-        min_rows: fewer held-out rows than this fails (no evidence of an improvement).
+        config: significance level, clean tolerance and minimum rows.
     """
+    alpha, clean_tolerance, min_rows = config.alpha, config.clean_tolerance, config.min_rows
     y = np.asarray(labels, dtype=np.int64)
     champ_ok, chal_ok = np.asarray(champion_pred) == y, np.asarray(challenger_pred) == y
     n = int(y.size)
@@ -126,6 +138,17 @@ def decide_production_gate(
     return ProductionGateResult(
         passed, why, champion_acc=ca, challenger_acc=cc, p_value=t.p_value, b=t.b, c=t.c, **common
     )
+
+
+@dataclass(frozen=True)
+class RetrainRecipe:
+    """Hyper-parameters of a retraining job (the training recipe itself is the champion's)."""
+
+    epoch_size: int | None = None  # images per retraining epoch; None = the 55k training split
+    holdout_every: int = HOLDOUT_EVERY  # 1 in this many labelled production rows is held out
+    finetune_max_lr: float = FINETUNE_MAX_LR  # peak learning rate when fine-tuning the champion
+    finetune_pct_start: float = FINETUNE_PCT_START  # warm-up share when fine-tuning
+    gate: ProductionGateConfig = DEFAULT_GATE  # when the new model may become the challenger
 
 
 # --- data and recipe ---------------------------------------------------------------------------------
@@ -201,10 +224,8 @@ def production_gate(
     images: Any,
     labels: Any,
     mnist: Mnist,
+    config: ProductionGateConfig = DEFAULT_GATE,
     *,
-    alpha: float = 0.05,
-    clean_tolerance: float = 0.005,
-    min_rows: int = 30,
     clean_accs: tuple[float, float] | None = None,
 ) -> ProductionGateResult:
     """Challenger vs champion on held-out labelled production inputs and on the clean MNIST test set.
@@ -215,9 +236,7 @@ def production_gate(
         images: uint8 [N,28,28] held-out production images (never trained on).
         labels: int [N] their true labels.
         mnist: the dataset (its 10k test set measures the clean drop).
-        alpha: one-sided exact McNemar significance level.
-        clean_tolerance: largest allowed clean-test accuracy drop.
-        min_rows: fewer held-out rows fail the gate.
+        config: significance level, clean tolerance and minimum rows.
         clean_accs: (champion, challenger) clean test accuracies if already measured (by the registry
             gate); otherwise both models are evaluated on ``mnist``'s test set.
     """
@@ -229,7 +248,10 @@ def production_gate(
     x = torch.as_tensor(np.asarray(images, dtype=np.uint8))
     y = np.asarray(labels, dtype=np.int64)
     if champion_dir is None:
-        return ProductionGateResult(True, "no champion to beat", len(y), None, None, None)
+        return ProductionGateResult(
+            True, "no champion to beat", len(y), None, None, None,
+            alpha=config.alpha, clean_tolerance=config.clean_tolerance,
+        )  # fmt: skip
     champ, chal = load_model(champion_dir), load_model(challenger_dir)
     if clean_accs is None:
         champ_clean = accuracy(predict_logits(champ, mnist.test_images), mnist.test_labels)
@@ -240,16 +262,7 @@ def production_gate(
     def pred(m: MnistNet) -> np.ndarray:
         return predict_logits(m, x).argmax(1).numpy() if len(y) else np.zeros(0, np.int64)
 
-    return decide_production_gate(
-        y,
-        pred(champ),
-        pred(chal),
-        champ_clean,
-        chal_clean,
-        alpha=alpha,
-        clean_tolerance=clean_tolerance,
-        min_rows=min_rows,
-    )
+    return decide_production_gate(y, pred(champ), pred(chal), champ_clean, chal_clean, config)
 
 
 def clean_accuracies(report: Any, champion: str | None) -> tuple[float, float] | None:

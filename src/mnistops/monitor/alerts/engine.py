@@ -25,7 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from mnistops.errors import ConfigError, StoreError
-from mnistops.monitor.alerts.notify import LogNotifier, Notification, Notifier, WebhookNotifier
+from mnistops.monitor.alerts.notify import LogNotifier, Notification, Notifier
+from mnistops.monitor.alerts.webhook import WebhookNotifier
 from mnistops.store.events import alert_fingerprint
 from mnistops.store.records import AlertEvent
 

@@ -1,25 +1,20 @@
-"""Alert notifiers: a log notifier and a non-blocking webhook notifier (Alertmanager-like JSON).
+"""Alert notifications: what a transition is, the notifier interface, the log notifier, the webhook body.
 
 The :class:`~mnistops.monitor.alerts.engine.AlertEngine` hands each notifier the alert transitions of
-one window (``notify(notifications)``). A notifier must never block or raise into the monitor:
-:class:`WebhookNotifier` only appends to a bounded in-memory queue; one background thread per URL
-POSTs, retrying connection errors and 5xx answers with exponential backoff.
+one window (``notify(notifications)``). A notifier must never block or raise into the monitor. The
+webhook notifier (Alertmanager-like JSON, :func:`webhook_payload`) is in
+:mod:`mnistops.monitor.alerts.webhook`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-import httpx
-
-__all__ = ["LogNotifier", "Notification", "Notifier", "WebhookNotifier", "webhook_payload"]
+__all__ = ["LogNotifier", "Notification", "Notifier", "webhook_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -134,155 +129,3 @@ class LogNotifier:
 
     def close(self, timeout: float = 5.0) -> None:
         """Nothing to flush."""
-
-
-class _Worker:
-    """Queue + thread delivering payloads to one URL, so a dead receiver cannot delay the others."""
-
-    def __init__(self, owner: WebhookNotifier, url: str) -> None:
-        self.owner = owner
-        self.url = url
-        self.queue: deque[dict[str, Any]] = deque()
-        self.cond = threading.Condition()
-        self.closing = False
-        self.abort = threading.Event()  # set when close() times out: stop retrying
-        self.thread = threading.Thread(target=self._run, name=f"mnistops-webhook-{url}", daemon=True)
-        self.thread.start()
-
-    def put(self, payload: dict[str, Any]) -> None:
-        with self.cond:
-            if self.closing:
-                self.owner._count("dropped")
-                log.warning("webhook %s: notifier closed, dropping a notification", self.url)
-                return
-            if len(self.queue) >= self.owner.queue_size:
-                self.queue.popleft()  # drop the OLDEST: the newest state matters most
-                self.owner._count("dropped")
-                log.warning(
-                    "webhook %s: queue full (%d), dropped the oldest", self.url, self.owner.queue_size
-                )
-            self.queue.append(payload)
-            self.cond.notify()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=self.owner.timeout) as client:
-            while True:
-                with self.cond:
-                    while not self.queue and not self.closing:
-                        self.cond.wait()
-                    if not self.queue:  # closing and drained
-                        return
-                    payload = self.queue.popleft()
-                if self.abort.is_set():
-                    self.owner._count("dropped")
-                    continue
-                ok = self._deliver(client, payload)
-                self.owner._count("delivered" if ok else "failed")
-
-    def _deliver(self, client: httpx.Client, payload: dict[str, Any]) -> bool:
-        o = self.owner
-        for attempt in range(o.max_retries + 1):
-            try:
-                resp = client.post(self.url, json=payload)
-            except httpx.HTTPError as exc:  # connect errors, timeouts, protocol errors
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 400:
-                    return True
-                if resp.status_code < 500:  # the receiver rejects the payload: retrying cannot help
-                    log.error("webhook %s answered %d, not retrying", self.url, resp.status_code)
-                    return False
-                problem = f"HTTP {resp.status_code}"
-            if attempt == o.max_retries:
-                break
-            delay = min(o.backoff * 2**attempt, o.max_backoff)
-            log.warning("webhook %s failed (%s), retry %d in %.2fs", self.url, problem, attempt + 1, delay)
-            o._count("retries")
-            if self.abort.wait(delay):  # close() gave up: stop retrying
-                break
-        log.error("webhook %s: giving up after %d attempts (%s)", self.url, attempt + 1, problem)
-        return False
-
-
-class WebhookNotifier:
-    """POSTs Alertmanager-like JSON to each URL from background threads; ``notify`` never blocks.
-
-    Args:
-        urls: receiver URLs (each gets every notification).
-        timeout: per-request timeout in seconds.
-        max_retries: retries after the first attempt on connection errors and 5xx answers.
-        backoff: first retry delay in seconds; doubles each retry (capped at ``max_backoff``).
-        queue_size: pending payloads kept per URL; when full the oldest is dropped and counted.
-        max_backoff: upper bound of one retry delay.
-
-    Counters (``stats()``): delivered, failed (gave up), dropped (queue full or closed), retries.
-    """
-
-    def __init__(
-        self,
-        urls: Sequence[str],
-        timeout: float = 5.0,
-        max_retries: int = 3,
-        backoff: float = 0.5,
-        *,
-        queue_size: int = 1000,
-        max_backoff: float = 30.0,
-    ) -> None:
-        if timeout <= 0 or max_retries < 0 or backoff < 0 or queue_size < 1:
-            raise ValueError("timeout > 0, max_retries >= 0, backoff >= 0 and queue_size >= 1 required")
-        self.urls = list(urls)
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.queue_size = queue_size
-        self._lock = threading.Lock()
-        self._stats = {"delivered": 0, "failed": 0, "dropped": 0, "retries": 0}
-        self._workers: list[_Worker] | None = None  # threads start on the first notification
-
-    def _count(self, key: str) -> None:
-        with self._lock:
-            self._stats[key] += 1
-
-    def stats(self) -> dict[str, int]:
-        """Snapshot of the delivery counters."""
-        with self._lock:
-            return dict(self._stats)
-
-    @property
-    def pending(self) -> int:
-        """Payloads waiting in the queues (not counting one being delivered)."""
-        return sum(len(w.queue) for w in self._workers or ())
-
-    def notify(self, notifications: Sequence[Notification]) -> None:
-        """Enqueue one payload with all ``notifications`` for every URL (returns immediately)."""
-        if not notifications or not self.urls:
-            return
-        payload = webhook_payload(notifications)
-        with self._lock:
-            if self._workers is None:
-                self._workers = [_Worker(self, url) for url in self.urls]
-            workers = self._workers
-        for w in workers:
-            w.put(payload)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued for at most ``timeout`` seconds, then stop retrying and drop the rest.
-
-        Returns after at most ``timeout`` plus one request timeout (a request in flight is not cut).
-        """
-        with self._lock:
-            workers = self._workers or []
-        for w in workers:
-            with w.cond:
-                w.closing = True
-                w.cond.notify()
-        deadline = time.monotonic() + timeout
-        for w in workers:
-            w.thread.join(max(0.0, deadline - time.monotonic()))
-        for w in workers:
-            if w.thread.is_alive():
-                log.warning("webhook %s: close timed out with %d pending, dropping them", w.url, len(w.queue))
-                w.abort.set()  # stop retrying; the thread drops what is left
-        for w in workers:
-            w.thread.join(self.timeout)  # at most the request in flight

@@ -7,7 +7,7 @@ out of the OpenAPI schema and every ``/v1/admin/*`` request answers 404 ``admin_
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from mnistops.errors import AdminDisabledError
 from mnistops.service.deps import ADMIN_DISABLED, AdminAuth, AdminDep, JsonBody, StateDep
 from mnistops.service.schemas import AliasChangeOut, PromoteIn, RollbackIn, error_responses
+from mnistops.service.state import RegistryOps
 from mnistops.settings import Settings
+from mnistops.store.jobs import JobQueue
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 disabled_router = APIRouter(prefix="/v1/admin", include_in_schema=False)
@@ -35,7 +37,7 @@ async def admin_disabled(rest: str) -> NoReturn:
     raise AdminDisabledError(ADMIN_DISABLED)
 
 
-def _registry(state: StateDep) -> Any:
+def _registry(state: StateDep) -> RegistryOps:
     if state.registry_ops is None:
         raise AdminDisabledError("admin API disabled: this service runs without a model registry")
     return state.registry_ops
@@ -82,7 +84,7 @@ class RetrainIn(BaseModel):
 
 
 class RetrainOut(BaseModel):
-    """The job that runs (an already active job is returned instead of a second one)."""
+    """The queued job (an already active job is returned instead of a second one)."""
 
     job_id: int
     state: str
@@ -93,18 +95,10 @@ class RetrainOut(BaseModel):
     operation_id="admin_retrain",
     dependencies=[AdminAuth, JsonBody],  # authenticate before anything else is looked at
     response_model=RetrainOut,
-    responses=error_responses(400, 401, 404, 409, 415, 422, 503),
+    responses=error_responses(400, 401, 409, 415, 422, 503),
     summary="Queue a retraining job",
 )
 async def retrain(body: RetrainIn, state: StateDep, actor: AdminDep) -> RetrainOut:
-    """Queue a retraining job (one at a time) and run it in the background."""
-    reg = _registry(state)
-    jobs = state.loop.jobs if state.loop is not None else None
-    if jobs is None:
-        from mnistops.worker.jobs import RetrainJobRunner
-
-        epoch = state.settings.retrain_epoch_size
-        jobs = RetrainJobRunner(state.settings, state.store, reg, epoch_size=epoch)
-    job_id = await run_in_threadpool(jobs.start_async, f"api:{actor}", {"reason": body.reason})
-    job = await run_in_threadpool(state.store.get_job, job_id)
-    return RetrainOut(job_id=job_id, state=job.state)
+    """Queue a retraining job for the workers (one at a time: an active job is returned instead)."""
+    job = await run_in_threadpool(JobQueue(state.store).submit, f"api:{actor}", {"reason": body.reason})
+    return RetrainOut(job_id=job.id, state=job.state)

@@ -1,4 +1,10 @@
-"""Monitoring read API: the dashboard's data, windows, alerts, promotion history, retrain jobs."""
+"""Monitoring read API: the dashboard's data, windows, alerts, promotion history, retrain jobs, timeline.
+
+Everything here is read from the store (written by the monitor and the controller, other processes)
+or the registry; an API replica computes no monitoring itself. A window's ``results`` carry the
+monitor's flat metrics (``results["metrics"]``, concept drift included) and the version's reference
+class shares (``results["reference"]``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,9 @@ from pydantic import BaseModel
 from mnistops.service.deps import StateDep
 from mnistops.service.schemas import error_responses
 from mnistops.service.state import ServiceState
+from mnistops.store.jobs import JobQueue
+from mnistops.store.records import MonitorWindow
+from mnistops.store.timeline import Timeline
 
 router = APIRouter(prefix="/v1", tags=["monitoring"])
 
@@ -61,6 +70,8 @@ class WindowOut(BaseModel):
     estimated_lower: float | None
     estimated_upper: float | None
     realized_accuracy: float | None
+    ood_rate: float | None = None
+    concept: dict[str, float | int | None] = {}  # accuracy, macro_f1, error_rate, change_points, ...
 
 
 class AlertOut(BaseModel):
@@ -136,32 +147,40 @@ def _traffic(ts: np.ndarray, lat: np.ndarray, bucket: float = 10.0) -> list[Traf
     return out
 
 
-def _reference_freq(state: ServiceState, version: str) -> list[float]:
-    cache = state.reference_freq
-    if version not in cache:
-        freq = [0.1] * 10
-        reg = state.registry_ops
-        if reg is not None and hasattr(reg, "download_profile"):
-            try:
-                from mnistops.registry.profile import ReferenceProfile
-
-                freq = [float(x) for x in ReferenceProfile.load(reg.download_profile(version)).class_freq]
-            except Exception:  # no profile for this version: uniform prior
-                pass
-        cache[version] = freq
-    return cache[version]
+UNIFORM = [0.1] * 10
+MAX_ID = 2**63 - 1  # the largest row id a database can hold (BIGINT)
+_NOT_DETECTORS = ("metrics", "reference")  # window results that are not a detector's
 
 
-def _window_out(w: Any) -> WindowOut:
+def _reference_freq(windows: list[MonitorWindow], version: str) -> list[float]:
+    """Reference class shares of ``version``, as its newest window recorded them (else uniform)."""
+    for w in reversed(windows):
+        ref = (w.results or {}).get("reference") if w.model_version == version else None
+        freq = ref.get("class_freq") if isinstance(ref, dict) else None
+        if isinstance(freq, list) and len(freq) == len(UNIFORM):
+            return [float(x) for x in freq]
+    return list(UNIFORM)
+
+
+def _window_out(w: MonitorWindow) -> WindowOut:
+    results = w.results or {}
     dets: dict[str, DetectorPoint] = {}
-    for name, r in (w.results or {}).items():
-        if isinstance(r, dict) and "score" in r:
+    for name, r in results.items():
+        if name not in _NOT_DETECTORS and isinstance(r, dict) and "score" in r:
             dets[name] = DetectorPoint(
                 score=float(r["score"]),
                 threshold=float(r.get("threshold", 0.0)),
                 p_value=None if r.get("p_value") is None else float(r["p_value"]),
                 drifted=bool(r.get("drifted", False)),
             )
+    m = results.get("metrics")
+    m = m if isinstance(m, dict) else {}
+    ood = m.get("ood_rate")
+    concept = {
+        k.removeprefix("concept."): v
+        for k, v in m.items()
+        if k.startswith("concept.") and (v is None or isinstance(v, int | float))
+    }
     return WindowOut(
         window=w.window,
         end_ts=w.end_ts,
@@ -173,6 +192,8 @@ def _window_out(w: Any) -> WindowOut:
         estimated_lower=w.estimated_lower,
         estimated_upper=w.estimated_upper,
         realized_accuracy=w.realized_accuracy,
+        ood_rate=float(ood) if isinstance(ood, int | float) else None,
+        concept=concept,
     )
 
 
@@ -212,18 +233,19 @@ def build_dashboard(state: ServiceState, n_recent: int = 2000) -> DashboardOut:
         )
         for a in state.store.list_alerts(limit=100)
     ]
-    windows = [_window_out(w) for w in state.store.latest_windows(100)]
+    stored = state.store.latest_windows(100)
+    windows = [_window_out(w) for w in stored]
     jobs = [
         {"id": j.id, "state": j.state, "trigger": j.trigger, "version": j.version, "created_at": j.created_at,
          "finished_at": j.finished_at, "error": j.error}
-        for j in state.store.list_jobs(limit=20)
+        for j in JobQueue(state.store).list(limit=20)
     ]  # fmt: skip
     return DashboardOut(
         model={"version": m.version, "backend": m.backend, "metrics": {k: v for k, v in m.metrics.items()
                if isinstance(v, int | float | str)}},
         history=history,
         traffic=_traffic(recent.ts, recent.latency_ms),
-        class_distribution=ClassDistOut(reference=_reference_freq(state, m.version), current=cur),
+        class_distribution=ClassDistOut(reference=_reference_freq(stored, m.version), current=cur),
         windows=windows,
         alerts=alerts,
         suspicious=suspicious,
@@ -266,8 +288,9 @@ def alerts(state: StateDep, limit: int = Query(100, ge=1, le=1000)) -> list[Aler
 
 
 class LoopEventOut(BaseModel):
-    """One closed-loop step."""
+    """One closed-loop step (a row of the controller's timeline)."""
 
+    id: int
     ts: float
     seq: int
     kind: str
@@ -280,13 +303,15 @@ class LoopEventOut(BaseModel):
     "/loop/events",
     operation_id="list_loop_events",
     response_model=list[LoopEventOut],
-    responses=error_responses(503),
+    responses=error_responses(422, 503),
 )
-def loop_events(state: StateDep) -> list[LoopEventOut]:
-    """Timeline of the closed loop (empty when it does not run in this process)."""
-    if state.loop is None:
-        return []
-    return [LoopEventOut(**e) for e in state.loop.snapshot()]
+def loop_events(
+    state: StateDep,
+    since_id: int = Query(0, ge=0, le=MAX_ID, description="Only events after this id (incremental polling)."),
+    limit: int = Query(1000, ge=1, le=1000),
+) -> list[LoopEventOut]:
+    """Timeline of the closed loop, oldest first, as the controller recorded it."""
+    return [LoopEventOut(**e.to_dict()) for e in Timeline(state.store).list(since_id=since_id, limit=limit)]
 
 
 class JobOut(BaseModel):
@@ -314,5 +339,5 @@ def jobs(state: StateDep, limit: int = Query(20, ge=1, le=200)) -> list[JobOut]:
             id=j.id, state=j.state, trigger=j.trigger, created_at=j.created_at, started_at=j.started_at,
             finished_at=j.finished_at, version=j.version, error=j.error, details=j.details or {}, log=j.log,
         )
-        for j in state.store.list_jobs(limit=limit)
+        for j in JobQueue(state.store).list(limit=limit)
     ]  # fmt: skip

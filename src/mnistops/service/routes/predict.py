@@ -78,15 +78,15 @@ def _image_from_json(item: PixelsIn | Base64In, max_bytes: int) -> np.ndarray:
     return preprocess.from_base64(item.image_base64, max_bytes)
 
 
-def _predict(
+def _classify(
     state: ServiceState, images: np.ndarray, clients: list[str | None], t0: float
-) -> list[PredictionOut]:
-    """Run the model on uint8 [N,28,28], queue the log rows, then answer (nothing returned unlogged)."""
+) -> tuple[list[PredictionRecord], list[PredictionOut]]:
+    """Run the model on uint8 [N,28,28]: the log rows and the answers (send them only once logged)."""
     model, served_by = state.pick_model()
     probs, _ = model.classifier.predict(images)
     latency_ms = (time.perf_counter() - t0) * 1000.0
+    recs: list[PredictionRecord] = []
     out: list[PredictionOut] = []
-    m = state.metrics
     for i in range(len(images)):
         rec = PredictionRecord.create(
             images[i],
@@ -96,11 +96,7 @@ def _predict(
             client=clients[i],
             served_by=served_by,  # type: ignore[arg-type]
         )
-        state.logger.submit(rec)  # returns once queued; the writer thread batches it into the store
-        if state.shadow is not None and served_by == "champion":
-            state.shadow.offer(rec.id, images[i], rec.label)
-        m.predictions.labels(label=str(rec.label), model_version=model.version).inc()
-        m.confidence.observe(rec.confidence)
+        recs.append(rec)
         out.append(
             PredictionOut(
                 prediction_id=rec.id,
@@ -111,7 +107,17 @@ def _predict(
                 latency_ms=round(latency_ms, 3),
             )
         )
-    return out
+    return recs, out
+
+
+def _logged(state: ServiceState, recs: list[PredictionRecord], images: np.ndarray) -> None:
+    """After the rows are journaled: metrics, and the champion's inputs offered to the shadow."""
+    m = state.metrics
+    for rec, image in zip(recs, images, strict=True):
+        if state.shadow is not None and rec.served_by == "champion":
+            state.shadow.offer(rec.id, image, rec.label)
+        m.predictions.labels(label=str(rec.label), model_version=rec.model_version).inc()
+        m.confidence.observe(rec.confidence)
 
 
 def _check_declared_length(request: Request, limit: int) -> None:
@@ -171,7 +177,13 @@ async def predict(request: Request) -> PredictionOut:
         client = item.client
     else:
         raise UnsupportedMediaTypeError(f"{ctype!r}: send application/json or multipart/form-data")
-    return _predict(state, image[None], [client], t0)[0]
+    images = image[None]
+    recs, out = _classify(state, images, [client], t0)
+    # the answer leaves only once its row is journaled (durable for MNISTOPS_DURABILITY); the
+    # requests of one event-loop iteration share one journal write
+    await state.logger.log(recs)
+    _logged(state, recs, images)
+    return out[0]
 
 
 def _validation_detail(exc: ValidationError) -> str:
@@ -197,7 +209,10 @@ def predict_batch(batch: BatchIn, state: StateDep) -> BatchOut:
         raise BatchSizeError(f"batch of {len(batch.items)} exceeds max_batch={state.settings.max_batch}")
     items = [it.root for it in batch.items]
     images = np.stack([_image_from_json(it, state.settings.max_upload_bytes) for it in items])
-    return BatchOut(predictions=_predict(state, images, [it.client for it in items], t0))
+    recs, out = _classify(state, images, [it.client for it in items], t0)
+    state.logger.log_blocking(recs)  # a worker thread: block until journaled, then answer
+    _logged(state, recs, images)
+    return BatchOut(predictions=out)
 
 
 @router.post(
@@ -209,7 +224,11 @@ def predict_batch(batch: BatchIn, state: StateDep) -> BatchOut:
     summary="Report the true label",
 )
 def feedback(body: FeedbackIn, state: StateDep) -> FeedbackOut:
-    """Attach the delayed ground truth to a logged prediction (idempotent; unknown id → 404)."""
+    """Attach the delayed ground truth to a logged prediction (idempotent; unknown id → 404).
+
+    Answered once the feedback is journaled; the writer applies it to the store after the
+    prediction's own row (which may still be only in this replica's journal).
+    """
     status = state.logger.add_feedback(body.prediction_id, body.true_label)
     state.metrics.feedback.labels(status=status).inc()
     return FeedbackOut(prediction_id=body.prediction_id, true_label=body.true_label, status=status)

@@ -1,0 +1,1 @@
+"""Test helpers shared across suites (import as ``helpers.<module>``; tests/ is on sys.path)."""
