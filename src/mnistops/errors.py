@@ -135,6 +135,13 @@ class BatchSizeError(InputError):
     code = "invalid_batch"
 
 
+class UnsupportedMediaTypeError(InputError):
+    """A request body in a Content-Type the operation does not accept."""
+
+    http_status = 415
+    code = "unsupported_media_type"
+
+
 class NotFoundError(MnistopsError):
     """A referenced object (prediction id, job id) does not exist."""
 
@@ -144,11 +151,15 @@ class NotFoundError(MnistopsError):
 
 
 class AuthError(MnistopsError):
-    """Missing or wrong bearer token."""
+    """No bearer token (the API answers 401 with a bare ``WWW-Authenticate: Bearer`` challenge)."""
 
     http_status = 401
     exit_code = 2
     code = "unauthorized"
+
+
+class InvalidTokenError(AuthError):
+    """A bearer token that is not the configured one (RFC 6750 ``error="invalid_token"``)."""
 
 
 class FeatureDisabledError(MnistopsError):
@@ -157,6 +168,13 @@ class FeatureDisabledError(MnistopsError):
     http_status = 403
     exit_code = 2
     code = "disabled"
+
+
+class AdminDisabledError(FeatureDisabledError):
+    """The admin API is off (no MNISTOPS_ADMIN_TOKEN): its routes do not exist in this process."""
+
+    http_status = 404
+    code = "admin_disabled"
 
 
 # --- stores / jobs -------------------------------------------------------------------------

@@ -79,7 +79,13 @@ def test_base64_and_batch(client: TestClient, mnist_test_data: tuple[torch.Tenso
         ({"json": {"image_base64": "!!!"}}, 422),
         ({"files": {"file": ("a.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "image/png")}}, 422),
         ({"files": {"file": ("a.txt", b"hello", "text/plain")}}, 422),
-        ({"content": b"xx", "headers": {"content-type": "text/plain"}}, 422),
+        ({"files": {"file": ("a.png", b"x", "image/png")}, "data": {"other": "1"}}, 422),  # extra part
+        ({"content": b"xx", "headers": {"content-type": "text/plain"}}, 415),
+        ({"json": {"pixels": [[0] * 28] * 28, "image_base64": "aGk="}}, 422),  # two sources
+        ({"json": {"pixels": None, "image_base64": "aGk="}}, 422),  # no null placeholders
+        ({"json": {"pixels": [[0] * 28] * 28, "preprocess": "yes"}}, 422),  # strict booleans
+        ({"json": {"image_base64": "aGk=", "preprocess": True}}, 422),  # files are always preprocessed
+        ({"json": {"pixels": [[0] * 28] * 28, "preprocess": True}}, 422),  # nothing to crop: no ink
     ],
 )
 def test_bad_input_is_4xx_json(client: TestClient, kwargs: dict[str, object], status: int) -> None:
@@ -136,10 +142,92 @@ def test_model_health_ready_metrics(client: TestClient) -> None:
         assert name in text, name
 
 
+def test_integral_floats_are_json_integers(client: TestClient) -> None:
+    # JSON Schema's `integer` includes 7.0: the schema says integer, so 7.0 is accepted as 7
+    r = client.post("/v1/predict", json={"pixels": [[0.0] * 28] * 28, "client": "floats"})
+    assert r.status_code == 200, r.text
+    pid = r.json()["prediction_id"]
+    fb = client.post("/v1/feedback", json={"prediction_id": pid, "true_label": 7.0})
+    assert fb.status_code == 200 and fb.json()["true_label"] == 7
+    for bad in (7.5, "7", True, 10):
+        r = client.post("/v1/feedback", json={"prediction_id": pid, "true_label": bad})
+        assert r.status_code == 422, bad
+
+
+def test_json_routes_refuse_other_media_types(client: TestClient) -> None:
+    body = b'{"prediction_id": "x", "true_label": 1}'
+    r = client.post("/v1/feedback", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+    r = client.post(
+        "/v1/predict/batch", content=b"items=1", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 415
+
+
 def test_admin_requires_token(client: TestClient) -> None:
-    assert client.post("/v1/admin/rollback", json={}).status_code == 401
+    # RFC 6750: a bare challenge without credentials, error="invalid_token" for a wrong one
+    missing = client.post("/v1/admin/rollback", json={})
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == 'Bearer realm="mnistops"'
     bad = client.post("/v1/admin/rollback", json={}, headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401 and bad.json()["error"] == "unauthorized"
+    assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+    basic = client.post("/v1/admin/rollback", json={}, headers={"Authorization": "Basic czNjcmV0"})
+    assert basic.status_code == 401 and "error=" not in basic.headers["www-authenticate"]
+    # authentication comes first: an unauthenticated bad body is still a 401, not a 415/422
+    assert (
+        client.post("/v1/admin/promote", content=b"x", headers={"content-type": "text/plain"}).status_code
+        == 401
+    )
+    # right token, but this app was built without a registry: the admin API is not there
+    ok = client.post("/v1/admin/rollback", json={}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 404 and ok.json()["error"] == "admin_disabled"
+
+
+def test_admin_api_absent_without_token(trained_model_dir: Path, tmp_path: Path) -> None:
+    app = create_app(Settings(home=tmp_path), resolver=lambda: ("7", trained_model_dir))  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        for method in ("POST", "GET", "DELETE"):
+            r = c.request(method, "/v1/admin/promote", json={"version": "1"})
+            assert r.status_code == 404 and r.json()["error"] == "admin_disabled", (method, r.text)
+            assert "MNISTOPS_ADMIN_TOKEN" in r.json()["detail"]
+        doc = c.get("/openapi.json").json()
+        assert not [p for p in doc["paths"] if p.startswith("/v1/admin")]
+        assert "disabled" in doc["info"]["description"]
+
+
+def test_405_lists_allowed_methods_and_options_answers(client: TestClient) -> None:
+    r = client.delete("/v1/predict")
+    assert r.status_code == 405 and r.headers["allow"] == "POST, OPTIONS"
+    assert r.json()["error"] == "method_not_allowed"
+    r = client.put("/v1/model")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, OPTIONS"
+    r = client.options("/v1/feedback")
+    assert r.status_code == 204 and r.headers["allow"] == "POST, OPTIONS"
+    assert client.post("/static/vendor/chart.umd.min.js").headers["allow"] == "GET, HEAD"
+
+
+def test_allow_covers_every_route_of_a_path() -> None:
+    from fastapi import APIRouter, FastAPI
+
+    from mnistops.service.errors import install_error_handlers
+
+    app, router = FastAPI(), APIRouter(prefix="/v1")
+    router.add_api_route("/things", lambda: {}, methods=["GET"])
+    router.add_api_route("/things", lambda: {}, methods=["POST"])
+    install_error_handlers(app)
+    app.include_router(router)
+    r = TestClient(app).delete("/v1/things")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST, OPTIONS"
+
+
+def test_served_schema_states_configured_batch_limit(trained_model_dir: Path, tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, max_batch=3)  # type: ignore[arg-type]
+    with TestClient(create_app(s, resolver=lambda: ("7", trained_model_dir))) as c:
+        doc = c.get("/openapi.json").json()
+        assert doc["components"]["schemas"]["BatchIn"]["properties"]["items"]["maxItems"] == 3
+        item = {"pixels": [[0] * 28] * 28}
+        assert c.post("/v1/predict/batch", json={"items": [item] * 3}).status_code == 200
+        assert c.post("/v1/predict/batch", json={"items": [item] * 4}).status_code == 422
 
 
 def test_pages_served(client: TestClient) -> None:

@@ -15,20 +15,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnistops import __version__
-from mnistops.errors import MnistopsError
+from mnistops.service.errors import install_error_handlers
 from mnistops.service.follower import ModelFollower
 from mnistops.service.inference import LoadedModel
 from mnistops.service.metrics import ServiceMetrics
+from mnistops.service.openapi import install_openapi
 from mnistops.service.routes import admin, monitoring, ops, predict
 from mnistops.service.routes.ops import static_dir
 from mnistops.service.state import RegistryOps, Resolver, ServiceState
@@ -69,38 +67,6 @@ class MetricsMiddleware:
             )
             self.metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
             self.metrics.latency.labels(route=path).observe(time.perf_counter() - t0)
-
-
-def _error(status: int, code: str, detail: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every error to a JSON ``{error, detail}`` body with the right status."""
-
-    @app.exception_handler(MnistopsError)
-    async def _ours(_: Request, exc: MnistopsError) -> JSONResponse:
-        return _error(exc.http_status, exc.code, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-            for e in exc.errors()[:20]
-        ]
-        return _error(422, "validation_error", errs)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
-            exc.status_code, "http_error"
-        )
-        return _error(exc.status_code, code, exc.detail)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug if reached
-        log.exception("unhandled error")
-        return _error(500, "internal_error", "unexpected server error (logged)")
 
 
 def default_resolver(settings: Settings) -> tuple[Resolver, RegistryOps]:
@@ -236,9 +202,10 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app, settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(predict.router)
-    app.include_router(admin.router)
+    app.include_router(admin.router_for(settings))
     app.include_router(ops.router)
     app.include_router(monitoring.router)
     app.mount("/static", StaticFiles(directory=Path(static_dir())), name="static")

@@ -8,10 +8,21 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mnistops.errors import AuthError, FeatureDisabledError, StoreError
+from mnistops.errors import (
+    AdminDisabledError,
+    AuthError,
+    InvalidTokenError,
+    StoreError,
+    UnsupportedMediaTypeError,
+)
 from mnistops.service.state import ServiceState
 
-_bearer = HTTPBearer(auto_error=False)
+ADMIN_DISABLED = "admin API disabled: set MNISTOPS_ADMIN_TOKEN to enable /v1/admin/*"
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="adminToken",
+    description="The value of MNISTOPS_ADMIN_TOKEN (admin routes exist only when it is set).",
+)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -28,17 +39,41 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 def require_admin(
     state: StateDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """Check the bearer token; admin routes are disabled when no token is configured.
+    """Check the bearer token (compared in constant time).
 
     Returns:
         The actor name recorded in the audit trail.
+
+    Raises:
+        AuthError: no ``Authorization: Bearer`` credentials (401).
+        InvalidTokenError: a token that is not the configured one (401, ``invalid_token``).
+        AdminDisabledError: no token configured (the admin router is not mounted then; a guard).
     """
     token = state.settings.admin_token
     if token is None:
-        raise FeatureDisabledError("admin routes are disabled: set MNISTOPS_ADMIN_TOKEN to enable them")
-    if creds is None or not secrets.compare_digest(creds.credentials, token.get_secret_value()):
-        raise AuthError("missing or wrong bearer token")
+        raise AdminDisabledError(ADMIN_DISABLED)
+    if creds is None:
+        raise AuthError("this operation needs an `Authorization: Bearer <MNISTOPS_ADMIN_TOKEN>` header")
+    if not secrets.compare_digest(creds.credentials.encode(), token.get_secret_value().encode()):
+        raise InvalidTokenError("the bearer token is not valid")
     return "api:admin"
 
 
 AdminDep = Annotated[str, Depends(require_admin)]
+
+
+def media_type(request: Request) -> str:
+    """The request's media type, lower-case, without parameters ("" when absent)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def require_json(request: Request) -> None:
+    """415 for a body route called with anything but JSON (async: no threadpool hop per request)."""
+    ctype = media_type(request)
+    if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+        got = ctype or "no Content-Type"
+        raise UnsupportedMediaTypeError(f"{got}: this operation takes application/json")
+
+
+JsonBody = Depends(require_json)
+AdminAuth = Depends(require_admin)

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from mnistops.service.deps import StateDep
-from mnistops.service.routes.predict import ERRORS
+from mnistops.service.schemas import error_responses
 from mnistops.service.state import ServiceState
 from mnistops.store.jobs import JobQueue
 from mnistops.store.records import MonitorWindow
@@ -254,19 +254,28 @@ def build_dashboard(state: ServiceState, n_recent: int = 2000) -> DashboardOut:
     )  # fmt: skip
 
 
-@router.get("/dashboard", response_model=DashboardOut, responses=ERRORS)
+@router.get(
+    "/dashboard", operation_id="get_dashboard", response_model=DashboardOut, responses=error_responses(503)
+)
 def dashboard(state: StateDep) -> DashboardOut:
     """Data behind the /dashboard page."""
     return build_dashboard(state)
 
 
-@router.get("/windows", response_model=list[WindowOut], responses=ERRORS)
+@router.get(
+    "/windows",
+    operation_id="list_windows",
+    response_model=list[WindowOut],
+    responses=error_responses(422, 503),
+)
 def windows(state: StateDep, limit: int = Query(50, ge=1, le=1000)) -> list[WindowOut]:
     """Latest monitoring windows, oldest first."""
     return [_window_out(w) for w in state.store.latest_windows(limit)]
 
 
-@router.get("/alerts", response_model=list[AlertOut], responses=ERRORS)
+@router.get(
+    "/alerts", operation_id="list_alerts", response_model=list[AlertOut], responses=error_responses(422, 503)
+)
 def alerts(state: StateDep, limit: int = Query(100, ge=1, le=1000)) -> list[AlertOut]:
     """Alert events, newest first."""
     return [
@@ -290,7 +299,12 @@ class LoopEventOut(BaseModel):
     data: dict[str, Any]
 
 
-@router.get("/loop/events", response_model=list[LoopEventOut], responses=ERRORS)
+@router.get(
+    "/loop/events",
+    operation_id="list_loop_events",
+    response_model=list[LoopEventOut],
+    responses=error_responses(422, 503),
+)
 def loop_events(
     state: StateDep,
     since_id: int = Query(0, ge=0, le=MAX_ID, description="Only events after this id (incremental polling)."),
@@ -315,7 +329,9 @@ class JobOut(BaseModel):
     log: str
 
 
-@router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
+@router.get(
+    "/jobs", operation_id="list_jobs", response_model=list[JobOut], responses=error_responses(422, 503)
+)
 def jobs(state: StateDep, limit: int = Query(20, ge=1, le=200)) -> list[JobOut]:
     """Retraining jobs, newest first (state, timings, logs)."""
     return [

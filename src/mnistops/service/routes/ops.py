@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mnistops.service.deps import StateDep
-from mnistops.service.routes.predict import ERRORS
-from mnistops.service.schemas import HealthOut, ModelOut
+from mnistops.service.schemas import HealthOut, ModelOut, error_responses
+from mnistops.service.state import ServiceState
 
 router = APIRouter()
 
@@ -22,7 +23,13 @@ def static_dir() -> Path:
     return Path(str(resources.files("mnistops.service") / "static"))
 
 
-@router.get("/v1/model", response_model=ModelOut, responses=ERRORS, tags=["model"])
+@router.get(
+    "/v1/model",
+    operation_id="get_model",
+    response_model=ModelOut,
+    responses=error_responses(503),
+    tags=["model"],
+)
 def model_info(state: StateDep) -> ModelOut:
     """The version this process serves, its metrics and gate result."""
     m = state.model()
@@ -46,15 +53,24 @@ def model_info(state: StateDep) -> ModelOut:
     )
 
 
-@router.get("/healthz", response_model=HealthOut, tags=["ops"])
+@router.get("/healthz", operation_id="healthz", response_model=HealthOut, tags=["ops"])
 def healthz() -> HealthOut:
     """Liveness: the process answers."""
     return HealthOut(status="ok")
 
 
-@router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}}, tags=["ops"])
-async def readyz(state: StateDep, response: Response) -> HealthOut:
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthOut, "description": "Not ready; `checks` says why."}
+}
+
+
+@router.get("/readyz", operation_id="readyz", response_model=HealthOut, responses=_NOT_READY, tags=["ops"])
+async def readyz(request: Request, response: Response) -> HealthOut:
     """Readiness: a model is loaded and the prediction store is writable (else 503 with the reasons)."""
+    state: ServiceState | None = getattr(request.app.state, "service", None)
+    if state is None:  # starting or stopping: a probe gets the same 503 shape as any other not-ready
+        response.status_code = 503
+        return HealthOut(status="unavailable", checks={"service_running": False})
     loaded = state.follower.ready
     writable = await run_in_threadpool(state.store.ping)
     stats = state.logger_stats()

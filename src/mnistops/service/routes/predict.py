@@ -9,52 +9,72 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from mnistops.errors import BatchSizeError, InputError, InvalidImageError, PayloadTooLargeError
+from mnistops.errors import (
+    BatchSizeError,
+    InputError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from mnistops.service import preprocess
-from mnistops.service.deps import StateDep, get_state
+from mnistops.service.deps import JsonBody, StateDep, get_state, media_type
 from mnistops.service.schemas import (
+    IMAGE_FORMATS,
+    Base64In,
     BatchIn,
     BatchOut,
-    ErrorOut,
     FeedbackIn,
     FeedbackOut,
     ImageIn,
+    PixelsIn,
     PredictionOut,
+    error_responses,
 )
 from mnistops.service.state import ServiceState
 from mnistops.store.records import PredictionRecord
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
-}
-
+_IMAGE_TYPES = "image/png, image/jpeg, image/bmp, image/webp"
+_FORM_OVERHEAD = 64 * 1024  # multipart boundaries and part headers around the file
 _PREDICT_BODY = {
     "requestBody": {
         "required": True,
+        "description": "JSON (`pixels` or `image_base64`, exactly one) or a multipart upload with one "
+        f"`file` part: a {IMAGE_FORMATS} file of at most MNISTOPS_MAX_UPLOAD_BYTES (default 5,000,000 "
+        "bytes; larger bodies are a 413 before they are read), each side 8-10000 px and at most "
+        "4096x4096 pixels. Uploads are preprocessed the MNIST way (crop, fit, centre).",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/ImageIn"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
+                    "additionalProperties": False,
                     "properties": {"file": {"type": "string", "format": "binary"}},
-                }
+                },
+                "encoding": {"file": {"contentType": _IMAGE_TYPES}},
             },
         },
     }
 }
 
 
-def _image_from_json(item: ImageIn, max_bytes: int) -> np.ndarray:
-    if item.pixels is not None:
+def _feedback_link(pointer: str) -> dict[str, object]:
+    """OpenAPI link: the returned id is what POST /v1/feedback takes (and accepts at once)."""
+    return {
+        "operationId": "submit_feedback",
+        "requestBody": {"prediction_id": f"$response.body#{pointer}"},
+        "description": "Report the true label of this prediction.",
+    }
+
+
+def _image_from_json(item: PixelsIn | Base64In, max_bytes: int) -> np.ndarray:
+    if isinstance(item, PixelsIn):
         if not item.preprocess:
-            # ImageIn already checked 28 rows x 28 strict ints in 0..255: skip the re-validation
+            # PixelsIn already checked 28 rows x 28 integral numbers in 0..255: skip the re-validation
             # of from_pixels (a per-value Python loop, ~15% of a request's CPU)
             return np.array(item.pixels, dtype=np.uint8)
         return preprocess.from_pixels(item.pixels, preprocess=True)
-    assert item.image_base64 is not None  # the model validator guarantees one source
     return preprocess.from_base64(item.image_base64, max_bytes)
 
 
@@ -100,11 +120,20 @@ def _logged(state: ServiceState, recs: list[PredictionRecord], images: np.ndarra
         m.confidence.observe(rec.confidence)
 
 
+def _check_declared_length(request: Request, limit: int) -> None:
+    """413 before reading a body whose Content-Length already exceeds ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"body of {declared} bytes exceeds the limit of {limit}")
+
+
 async def _read_upload(request: Request, max_bytes: int) -> bytes:
-    form = await request.form(max_files=1, max_fields=4, max_part_size=max_bytes + 1)
+    _check_declared_length(request, max_bytes + _FORM_OVERHEAD)
+    form = await request.form(max_files=2, max_fields=4, max_part_size=max_bytes + 1)
     file = form.get("file")
-    if file is None or isinstance(file, str):
-        raise InputError("multipart body needs a `file` part with the image")
+    if file is None or isinstance(file, str) or set(form.keys()) != {"file"} or len(form.getlist("file")) > 1:
+        got = [k for k, _ in form.multi_items()]
+        raise InputError(f"multipart body takes exactly one `file` part with the image (got {got})")
     data = await file.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLargeError(f"upload exceeds {max_bytes} bytes")
@@ -113,8 +142,12 @@ async def _read_upload(request: Request, max_bytes: int) -> bytes:
 
 @router.post(
     "/predict",
+    operation_id="predict",
     response_model=PredictionOut,
-    responses=ERRORS,
+    responses={
+        200: {"links": {"feedback": _feedback_link("/prediction_id")}},
+        **error_responses(400, 413, 415, 422, 503),
+    },
     openapi_extra=_PREDICT_BODY,
     summary="Classify one image (JSON pixels, base64 image, or a multipart upload)",
 )
@@ -125,23 +158,25 @@ async def predict(request: Request) -> PredictionOut:
     # threadpool, a thread hop per request that cost ~15% of the CPU of this hot route
     state = get_state(request)
     max_bytes = state.settings.max_upload_bytes
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype == "multipart/form-data":
         data = await _read_upload(request, max_bytes)
         image = await run_in_threadpool(preprocess.decode_image, data, max_bytes)
         client = request.headers.get("x-client")
     elif ctype in ("application/json", ""):
+        limit = 4 * max_bytes // 3 + 4096  # base64 inflates by 4/3
+        _check_declared_length(request, limit)
         body = await request.body()
-        if len(body) > 4 * max_bytes // 3 + 4096:  # base64 inflates by 4/3
+        if len(body) > limit:
             raise PayloadTooLargeError(f"body exceeds the {max_bytes}-byte image limit")
         try:
-            item = ImageIn.model_validate_json(body)
+            item = ImageIn.model_validate_json(body).root
         except ValidationError as exc:
             raise InputError(_validation_detail(exc)) from None
         image = _image_from_json(item, max_bytes)
         client = item.client
     else:
-        raise InvalidImageError(f"unsupported content type {ctype!r}: send JSON or multipart/form-data")
+        raise UnsupportedMediaTypeError(f"{ctype!r}: send application/json or multipart/form-data")
     images = image[None]
     recs, out = _classify(state, images, [client], t0)
     # the answer leaves only once its row is journaled (durable for MNISTOPS_DURABILITY); the
@@ -156,20 +191,38 @@ def _validation_detail(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errs)
 
 
-@router.post("/predict/batch", response_model=BatchOut, responses=ERRORS, summary="Classify up to 256 images")
+@router.post(
+    "/predict/batch",
+    operation_id="predict_batch",
+    dependencies=[JsonBody],
+    response_model=BatchOut,
+    responses={
+        200: {"links": {"feedback": _feedback_link("/predictions/0/prediction_id")}},
+        **error_responses(400, 415, 422, 503),
+    },
+    summary="Classify up to MNISTOPS_MAX_BATCH images",
+)
 def predict_batch(batch: BatchIn, state: StateDep) -> BatchOut:
     """Classify a batch (JSON items); predictions come back in input order."""
     t0 = time.perf_counter()
     if len(batch.items) > state.settings.max_batch:
         raise BatchSizeError(f"batch of {len(batch.items)} exceeds max_batch={state.settings.max_batch}")
-    images = np.stack([_image_from_json(it, state.settings.max_upload_bytes) for it in batch.items])
-    recs, out = _classify(state, images, [it.client for it in batch.items], t0)
+    items = [it.root for it in batch.items]
+    images = np.stack([_image_from_json(it, state.settings.max_upload_bytes) for it in items])
+    recs, out = _classify(state, images, [it.client for it in items], t0)
     state.logger.log_blocking(recs)  # a worker thread: block until journaled, then answer
     _logged(state, recs, images)
     return BatchOut(predictions=out)
 
 
-@router.post("/feedback", response_model=FeedbackOut, responses=ERRORS, summary="Report the true label")
+@router.post(
+    "/feedback",
+    operation_id="submit_feedback",
+    dependencies=[JsonBody],
+    response_model=FeedbackOut,
+    responses=error_responses(400, 404, 415, 422, 503),
+    summary="Report the true label",
+)
 def feedback(body: FeedbackIn, state: StateDep) -> FeedbackOut:
     """Attach the delayed ground truth to a logged prediction (idempotent; unknown id → 404).
 
