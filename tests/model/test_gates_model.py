@@ -70,8 +70,7 @@ def test_trained_model_registers_gates_and_promotes(
     settings: Settings, trained_model_dir: Path, mnist: Mnist
 ) -> None:
     """Register → gate → promote on the real model, in its own registered model name."""
-    from mnistops.registry.core import CHAMPION, Registry
-    from mnistops.registry.profile import load_profile
+    from mnistops.registry.core import CHAMPION, Registry, load_profile
 
     s = settings.model_copy(update={"model_name": "mnist-classifier-gate-test"})
     reg = Registry(s)

@@ -19,8 +19,7 @@ import torch
 
 from mnistops.errors import ModelNotFoundError, PromotionRefusedError, RegistryError, RollbackError
 from mnistops.gates.checks import load_gate_config
-from mnistops.registry.core import CHALLENGER, CHAMPION, PREVIOUS, Registry
-from mnistops.registry.profile import load_profile
+from mnistops.registry.core import CHALLENGER, CHAMPION, PREVIOUS, Registry, load_profile
 from mnistops.registry.tracking import setup_tracking
 from mnistops.settings import Settings
 from mnistops.training.data import Mnist

@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnistops.errors import ModelNotFoundError, RegistryError
+from mnistops.registry.names import (
+    CHALLENGER,
+    CHAMPION,
+    GATE_PATH,
+    MODEL_PATH,
+    PREVIOUS,
+    PROFILE_PATH,
+    REQUIRED_FILES,
+)
 from mnistops.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,14 +37,25 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from mnistops.gates.checks import GateConfig, GateReport
+    from mnistops.registry.profile import ReferenceProfile
     from mnistops.store.audit import AuditEvent
     from mnistops.training.data import Mnist
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "GATE_PATH",
+    "MODEL_PATH",
+    "PREVIOUS",
+    "PROFILE_PATH",
+    "REQUIRED_FILES",
+    "Registry",
+    "VersionInfo",
+    "configure",
+    "load_profile",
+]
 
-CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
-MODEL_PATH, PROFILE_PATH, GATE_PATH = "mlflow_model", "reference_profile", "gate"
-REQUIRED_FILES = ("model.pt", "model.onnx", "metrics.json", "config.json")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -310,3 +330,14 @@ def _info(mv: ModelVersion, aliases: tuple[str, ...]) -> VersionInfo:
         promoted_at=tags.get("promoted_at"),
         tags=tags,
     )
+
+
+def load_profile(version: str, settings: Settings) -> ReferenceProfile:
+    """The reference profile of a registered version (downloaded once, then cached).
+
+    Raises:
+        ModelNotFoundError: unknown version or no profile logged for it.
+    """
+    from mnistops.registry.profile import ReferenceProfile
+
+    return ReferenceProfile.load(Registry(settings).download_profile(version))

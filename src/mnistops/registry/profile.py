@@ -22,7 +22,6 @@ import torch
 from mnistops.errors import ModelError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from mnistops.settings import Settings
     from mnistops.training.model import MnistNet
 
 CONF_EDGES = np.linspace(0.0, 1.0, 21)  # 20 confidence bins of width 0.05
@@ -157,14 +156,3 @@ def build_profile(
             "mean_confidence": float(conf.mean()),
         },
     )
-
-
-def load_profile(version: str, settings: Settings) -> ReferenceProfile:
-    """The reference profile of a registered version (downloaded once, then cached).
-
-    Raises:
-        ModelNotFoundError: unknown version or no profile logged for it.
-    """
-    from mnistops.registry.core import Registry
-
-    return ReferenceProfile.load(Registry(settings).download_profile(version))

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnistops.errors import PromotionRefusedError, RollbackError, StoreError
-from mnistops.registry.core import CHALLENGER, CHAMPION, GATE_PATH, PREVIOUS, Registry
+from mnistops.registry.names import CHALLENGER, CHAMPION, GATE_PATH, PREVIOUS
 from mnistops.store import audit
 from mnistops.store.lock import locked
 
 if TYPE_CHECKING:
     from mnistops.gates.checks import GateConfig, GateReport
+    from mnistops.registry.core import Registry
     from mnistops.training.data import Mnist
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnistops.errors import ModelNotFoundError, RegistryError
-from mnistops.registry.core import MODEL_PATH, PROFILE_PATH, REQUIRED_FILES, Registry
+from mnistops.registry.names import MODEL_PATH, PROFILE_PATH, REQUIRED_FILES
 from mnistops.registry.tracking import setup_tracking
 from mnistops.store.lock import locked
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from mnistops.registry.core import Registry
     from mnistops.training.data import Mnist
 
 log = logging.getLogger(__name__)
