@@ -29,35 +29,20 @@ class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.p_value = Gauge(
+        per_detector = lambda name, doc: Gauge(name, doc, ["detector"], registry=r)  # noqa: E731
+        self.p_value = per_detector(
             "mnistops_drift_p_value",
             "Drift p-value of the latest window, adjusted across detectors (combined = overall).",
-            ["detector"],
-            registry=r,
         )
-        self.score = Gauge(
-            "mnistops_drift_score",
-            "Drift score -log10(p_value) of the latest window.",
-            ["detector"],
-            registry=r,
+        self.score = per_detector("mnistops_drift_score", "Drift score -log10(p_value) of the latest window.")
+        self.threshold = per_detector(
+            "mnistops_drift_threshold", "Score above which the detector flags drift (-log10(alpha))."
         )
-        self.threshold = Gauge(
-            "mnistops_drift_threshold",
-            "Score above which the detector flags drift (-log10(alpha)).",
-            ["detector"],
-            registry=r,
+        self.detected = per_detector(
+            "mnistops_drift_detected", "1 if the detector flagged the latest window."
         )
-        self.detected = Gauge(
-            "mnistops_drift_detected",
-            "1 if the detector flagged the latest window.",
-            ["detector"],
-            registry=r,
-        )
-        self.effect_size = Gauge(
-            "mnistops_drift_effect_size",
-            "Effect size of the latest window (units depend on the detector).",
-            ["detector"],
-            registry=r,
+        self.effect_size = per_detector(
+            "mnistops_drift_effect_size", "Effect size of the latest window (units depend on the detector)."
         )
         self.estimated = Gauge(
             "mnistops_estimated_accuracy",

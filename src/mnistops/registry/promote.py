@@ -44,6 +44,35 @@ def _set_alias(reg: Registry, alias: str, version: str | None) -> None:
         reg.client.set_registered_model_alias(reg.name, alias, version)
 
 
+def _unsafe_because(gate: str | None, gated_vs: str | None, current: str | None, failed: str) -> str:
+    """Why promoting would be unsafe ("" when it is not): a failed, missing or stale gate."""
+    if gate == "false":
+        return f"failed the gate ({failed})"
+    if gate != "true":
+        return "was never gated"
+    if gated_vs != current:
+        # the regression checks compared it with a champion that is no longer serving
+        return f"was gated against champion {gated_vs or '(none)'} but the champion is now {current}"
+    return ""
+
+
+def _record_promotion(reg: Registry, event: audit.AuditEvent, aliases: dict[str, str]) -> audit.AuditEvent:
+    """Audit a promotion whose aliases moved (undone if the audit fails) and tag the version."""
+    current, version, actor, forced = event.from_version, event.to_version, event.actor, event.forced
+    try:
+        event = audit.record(reg.settings.database, reg.name, event)
+    except StoreError:
+        # no audit trail, no promotion: put the aliases back as they were
+        _set_alias(reg, CHAMPION, current)
+        _set_alias(reg, PREVIOUS, aliases.get(PREVIOUS))
+        raise
+    tags = {"promoted_by": actor, "promoted_at": event.time.isoformat(timespec="seconds")}
+    if forced:
+        tags["forced_promotion"] = "true"
+    reg.set_tags(version, tags)
+    return event
+
+
 def promote(
     reg: Registry, version: str, actor: str | None = None, reason: str = "", force: bool = False
 ) -> audit.AuditEvent:
@@ -73,17 +102,8 @@ def promote(
         current = aliases.get(CHAMPION)
         if current == version:
             raise PromotionRefusedError(f"version {version} is already champion")
-        gate = mv.tags.get("gate_passed")
-        gated_vs = mv.tags.get("gate_champion") or None
-        if gate == "false":
-            why = f"failed the gate ({mv.tags.get('gate_failed_checks', '?')})"
-        elif gate != "true":
-            why = "was never gated"
-        elif gated_vs != current:
-            # the regression checks compared it with a champion that is no longer serving
-            why = f"was gated against champion {gated_vs or '(none)'} but the champion is now {current}"
-        else:
-            why = ""
+        gate, gated_vs = mv.tags.get("gate_passed"), mv.tags.get("gate_champion") or None
+        why = _unsafe_because(gate, gated_vs, current, mv.tags.get("gate_failed_checks", "?"))
         forced = bool(why)
         if forced:
             if not force:
@@ -106,17 +126,7 @@ def promote(
             forced=forced,
             details={"gate_passed": gate, "gate_champion": gated_vs, "forced_because": why},
         )
-        try:
-            event = audit.record(reg.settings.database, reg.name, event)
-        except StoreError:
-            # no audit trail, no promotion: put the aliases back as they were
-            _set_alias(reg, CHAMPION, current)
-            _set_alias(reg, PREVIOUS, aliases.get(PREVIOUS))
-            raise
-        tags = {"promoted_by": actor, "promoted_at": event.time.isoformat(timespec="seconds")}
-        if forced:
-            tags["forced_promotion"] = "true"
-        reg.set_tags(version, tags)
+        event = _record_promotion(reg, event, aliases)
     log.info("%s: champion %s -> %s (%s)", reg.name, current, version, actor)
     return event
 

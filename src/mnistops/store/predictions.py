@@ -78,6 +78,35 @@ def _probs_blob(probs: Sequence[float]) -> bytes:
     return np.asarray(probs, dtype="<f4").tobytes()
 
 
+def _prediction_row(r: PredictionRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "ts": r.ts,
+        "model_version": r.model_version,
+        "image": r.image,
+        "probs": _probs_blob(r.probs),
+        "label": r.label,
+        "confidence": r.confidence,
+        "latency_ms": r.latency_ms,
+        "client": r.client,
+        "served_by": r.served_by,
+        "true_label": r.true_label,
+        "feedback_ts": r.feedback_ts,
+    }
+
+
+def _shadow_row(s: ShadowRecord) -> dict[str, Any]:
+    return {
+        "prediction_id": s.prediction_id,
+        "model_version": s.model_version,
+        "ts": s.ts,
+        "probs": _probs_blob(s.probs),
+        "label": s.label,
+        "confidence": s.confidence,
+        "latency_ms": s.latency_ms,
+    }
+
+
 def _to_window(rows: Sequence[Any]) -> PredictionWindow:
     n = len(rows)
     if n == 0:
@@ -140,39 +169,12 @@ class PredictionStore(EventStore):
         inserted = 0
         with self._tx(write=True) as conn:
             if records:
-                rows = [
-                    {
-                        "id": r.id,
-                        "ts": r.ts,
-                        "model_version": r.model_version,
-                        "image": r.image,
-                        "probs": _probs_blob(r.probs),
-                        "label": r.label,
-                        "confidence": r.confidence,
-                        "latency_ms": r.latency_ms,
-                        "client": r.client,
-                        "served_by": r.served_by,
-                        "true_label": r.true_label,
-                        "feedback_ts": r.feedback_ts,
-                    }
-                    for r in records
-                ]
+                rows = [_prediction_row(r) for r in records]
                 # executemany rowcount is unreliable on psycopg: count the rows RETURNING gives back
                 stmt = self._insert_ignore(predictions, ["id"]).returning(P.seq)
                 inserted = len(conn.execute(stmt, rows).all())
             if shadows:
-                srows = [
-                    {
-                        "prediction_id": s.prediction_id,
-                        "model_version": s.model_version,
-                        "ts": s.ts,
-                        "probs": _probs_blob(s.probs),
-                        "label": s.label,
-                        "confidence": s.confidence,
-                        "latency_ms": s.latency_ms,
-                    }
-                    for s in shadows
-                ]
+                srows = [_shadow_row(s) for s in shadows]
                 conn.execute(
                     self._insert_ignore(shadow_predictions, ["prediction_id", "model_version"]), srows
                 )

@@ -164,27 +164,8 @@ class Monitor:
             d.fit(reference)
         return self
 
-    def check(self, window: Sample, window_index: int = 0) -> MonitorReport:
-        """Run all detectors on one window and combine.
-
-        In the returned per-detector results ``p_value`` is the across-detector adjusted p-value,
-        ``score``/``threshold`` are ``-log10`` of it and of the overall alpha, and ``drifted`` is the
-        monitor's decision; the detector's own p-value is ``details["p_value_detector"]``.
-        """
-        ran = [
-            d
-            for d in self.detectors
-            if not self.skip_missing or all(getattr(window, f) is not None for f in d.requires)
-        ]
-        if not ran:
-            raise DriftConfigError("no detector can run on this window (missing fields)")
-        raw = [d.detect(window, window_index) for d in ran]
-        pvals = np.array([1.0 if r.p_value is None else r.p_value for r in raw])
-        if self.weights is not None:
-            w = np.array([self.weights[r.detector] for r in raw])
-            adj = np.minimum(1.0, pvals * w.sum() / w)  # weighted Bonferroni
-        else:
-            adj = adjust_p_values(pvals, self.correction)
+    def _judge(self, raw: list[DriftResult], adj: np.ndarray) -> tuple[list[DriftResult], list[str]]:
+        """Each detector's result at its adjusted p-value; also the significant-but-tiny ones."""
         results: list[DriftResult] = []
         tiny: list[str] = []
         for r, pa in zip(raw, adj, strict=True):
@@ -210,6 +191,30 @@ class Monitor:
                     details=details,
                 )
             )
+        return results, tiny
+
+    def check(self, window: Sample, window_index: int = 0) -> MonitorReport:
+        """Run all detectors on one window and combine.
+
+        In the returned per-detector results ``p_value`` is the across-detector adjusted p-value,
+        ``score``/``threshold`` are ``-log10`` of it and of the overall alpha, and ``drifted`` is the
+        monitor's decision; the detector's own p-value is ``details["p_value_detector"]``.
+        """
+        ran = [
+            d
+            for d in self.detectors
+            if not self.skip_missing or all(getattr(window, f) is not None for f in d.requires)
+        ]
+        if not ran:
+            raise DriftConfigError("no detector can run on this window (missing fields)")
+        raw = [d.detect(window, window_index) for d in ran]
+        pvals = np.array([1.0 if r.p_value is None else r.p_value for r in raw])
+        if self.weights is not None:
+            w = np.array([self.weights[r.detector] for r in raw])
+            adj = np.minimum(1.0, pvals * w.sum() / w)  # weighted Bonferroni
+        else:
+            adj = adjust_p_values(pvals, self.correction)
+        results, tiny = self._judge(raw, adj)
         best = int(np.argmin(adj))
         p = float(adj[best])
         drifted = [r.detector for r in results if r.drifted]
