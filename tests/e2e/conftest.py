@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from waiting import wait_for
 
+from helpers.processes import wait_until as wait_for
 from mnistops.service.app import create_app
 from mnistops.service.state import ServiceState
 from mnistops.settings import Settings

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import numpy as np
 import pytest
-from waiting import wait_for
 
+from helpers.processes import wait_until as wait_for
 from mnistops.demo.scenarios import compose, noise, rotate
 from mnistops.monitor.metrics import MonitorMetrics
 from mnistops.monitor.runner import MonitorRunner

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from waiting import wait_for
 
+from helpers.processes import wait_until as wait_for
 from mnistops.settings import Settings
 
 if TYPE_CHECKING:

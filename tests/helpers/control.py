@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import update
 
+from helpers.processes import stop_process
 from mnistops.errors import PromotionRefusedError, RollbackError, StoreError
 from mnistops.settings import Settings
 from mnistops.store import audit
@@ -245,15 +246,7 @@ class ControllerProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait (SIGKILL only if it hangs); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
+        return stop_process(self.proc, self._log, signal.SIGTERM, timeout)
 
     def log(self) -> str:
         """The tail of its output."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,3 +42,20 @@ def read_pids(path: Path) -> list[int]:
     if not path.exists():
         return []
     return [int(x) for x in path.read_text().split()]
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], log: object, sig: int = signal.SIGTERM, timeout: float = 60.0
+) -> int:
+    """Send ``sig``, wait (SIGKILL only if it hangs past ``timeout``), close its log; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    close = getattr(log, "close", None)
+    if close is not None:
+        close()
+    return int(proc.returncode)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.processes import stop_process
 from mnistops.settings import Settings
 from mnistops.training.data import FILES
 
@@ -137,15 +138,7 @@ class RoleProcess:
 
     def terminate(self, timeout: float = 60.0, sig: signal.Signals = signal.SIGTERM) -> int:
         """Send ``sig`` and wait for the exit code (SIGKILL only if it hangs past ``timeout``)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
+        return stop_process(self.proc, self._log, sig, timeout)
 
     def kill(self) -> int:
         """SIGKILL (no shutdown code runs: the crash of an OOM kill or a lost node) and reap it."""

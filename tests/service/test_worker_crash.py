@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from live_server import RegistryHome, free_port, make_registry
 
+from helpers.processes import stop_process
 from mnistops.demo.scenarios import rotate
 from mnistops.registry.core import CHALLENGER, Registry
 from mnistops.store.jobs import JobQueue
@@ -72,15 +73,7 @@ class WorkerProcess:
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send ``sig`` and wait for the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
+        return stop_process(self.proc, self._log, sig, timeout)
 
     def log(self) -> str:
         """The tail of the worker's output."""
