@@ -11,8 +11,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,24 @@ class FlakyStore(PredictionStore):
         return not self.down.is_set() and super().ping()
 
 
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` in a thread of its own: this thread may already have a loop (Playwright's)."""
+    out: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            out["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=main)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
 def records(n: int, seed: int = 0) -> list[PredictionRecord]:
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(10), n).astype(np.float32)
@@ -91,7 +110,7 @@ def test_everything_logged_is_stored_in_order_then_the_journal_is_gone(
         for r in recs[200:250]:
             await logger.log([r])
 
-    asyncio.run(serve())
+    run_async(serve())
     logger.log_blocking(recs[250:])
     logger.submit_shadow(ShadowRecord.create(recs[0].id, "2", recs[0].probs))
     assert wal_files(tmp_path / "j")  # journaled before the store has them
@@ -119,7 +138,7 @@ def test_concurrent_requests_share_journal_writes(store: PredictionStore, tmp_pa
     async def serve() -> None:
         await asyncio.gather(*(logger.log([r]) for r in recs))
 
-    asyncio.run(serve())
+    run_async(serve())
     logger.close()
     assert sum(writes) == 64 and len(writes) < 64  # group commit: one write for many requests
     assert sorted(stored_ids(store)) == sorted(r.id for r in recs)
@@ -139,7 +158,7 @@ def test_power_mode_syncs_before_answering_and_commits_durably(
     logger = PredictionLogger(store, tmp_path / "j", durability="power")
     logger.log_blocking(records(3))
     assert synced  # the answer came after an fdatasync
-    asyncio.run(logger.log(records(2, seed=1)))
+    run_async(logger.log(records(2, seed=1)))
     logger.close()
     assert store.count() == 5
     # commits are power-safe too (committed segments get deleted): whatever the default
@@ -295,7 +314,7 @@ def test_a_failed_journal_write_is_not_acknowledged(
     with pytest.raises(JournalError):
         logger.log_blocking(records(1))
     with pytest.raises(JournalError):
-        asyncio.run(logger.log(records(1, seed=1)))
+        run_async(logger.log(records(1, seed=1)))
     monkeypatch.setattr(os, "write", real_write)  # disk space is back: a fresh segment
     ok = records(2, seed=2)
     logger.log_blocking(ok)

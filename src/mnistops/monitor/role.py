@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from mnistops.errors import StoreError
 from mnistops.monitor.metrics import MonitorMetrics
 from mnistops.monitor.runner import MonitorRunner
 from mnistops.runtime import RoleEndpoint, health_dict, stop_on_signals
@@ -35,6 +36,10 @@ def run_monitor(settings: Settings, *, stop: threading.Event | None = None) -> N
         stop_on_signals(stop)
     configure(settings)
     store = PredictionStore(settings.database)
+    try:  # in the main thread, before the runner's thread and MLflow's own migrations can overlap
+        store.migrate()
+    except StoreError as exc:
+        log.warning("monitor: store not migrated at startup (retried on first use): %s", exc)
     metrics = MonitorMetrics()
     registry = Registry(settings)
     runner = MonitorRunner(settings, store, registry, metrics=metrics)

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnistops import __version__
+from mnistops.errors import StoreError
 from mnistops.service.errors import install_error_handlers
 from mnistops.service.follower import ModelFollower
 from mnistops.service.inference import LoadedModel
@@ -127,6 +128,10 @@ def _start_state(
         res, default_reg = default_resolver(settings)
         reg = reg or default_reg
     store = PredictionStore(settings.database)
+    try:  # migrate here, in the main thread, before any thread (journal writer, MLflow) starts
+        store.migrate()
+    except StoreError as exc:  # the database may be down at start: the journal keeps accepting
+        log.warning("store not migrated at startup (retried on first write): %s", exc)
     logger = PredictionLogger(
         store,
         settings.journal_dir,

@@ -12,6 +12,7 @@ version 1 is the released schema (revision ``0001``), version 2 the interim cont
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 
 from alembic import command
@@ -79,6 +80,9 @@ def check_known(rev: str | None) -> None:
         )
 
 
+ALEMBIC_LOCK = threading.RLock()  # see upgrade()
+
+
 def upgrade(conn: Connection) -> str:
     """Bring the database on ``conn`` to the head revision; return it.
 
@@ -90,7 +94,10 @@ def upgrade(conn: Connection) -> str:
     if rev is None and inspect(conn).has_table(LEGACY_TABLE):
         _adopt_legacy(conn)
     if current(conn) != head():
-        command.upgrade(config(conn), "head")
+        # Alembic's `context`/`op` proxies are module globals: two upgrades at once in one process
+        # (two stores, or a store's writer thread) would tear each other's proxies down
+        with ALEMBIC_LOCK:
+            command.upgrade(config(conn), "head")
     return head()
 
 
