@@ -34,7 +34,7 @@ from mnistops.up.engines import database_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-SHIFT_TIMEOUT = 150.0  # shift → drift → retrain → shadow → promoted
+SHIFT_TIMEOUT = 240.0  # shift → drift → retrain → shadow → promoted
 ROLLBACK_TIMEOUT = 90.0
 
 
@@ -61,9 +61,11 @@ class VersionWatch:
 
     urls: list[str]
     first_seen: list[dict[str, float]] = field(default_factory=list)
+    challengers: list[set[str]] = field(default_factory=list)  # per replica: challengers it loaded
 
     def __post_init__(self) -> None:
         self.first_seen = [{} for _ in self.urls]
+        self.challengers = [set() for _ in self.urls]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -71,12 +73,14 @@ class VersionWatch:
     def _run(self) -> None:
         with httpx.Client(timeout=2) as http:
             while not self._stop.is_set():
-                for seen, url in zip(self.first_seen, self.urls, strict=True):
+                for seen, ch, url in zip(self.first_seen, self.challengers, self.urls, strict=True):
                     try:
-                        v = str(http.get(f"{url}/v1/model").json()["version"])
-                    except (httpx.HTTPError, KeyError, ValueError):
+                        m = http.get(f"{url}/v1/model").json()
+                    except (httpx.HTTPError, ValueError):
                         continue
-                    seen.setdefault(v, time.time())
+                    seen.setdefault(str(m["version"]), time.time())
+                    if m.get("challenger_version"):
+                        ch.add(str(m["challenger_version"]))
                 self._stop.wait(0.25)
 
     def stop(self) -> None:
@@ -97,7 +101,7 @@ class Scenario:
     rolled_back: dict[str, Any] | None = None
     lags: dict[str, list[float]] = field(default_factory=dict)  # version -> per-replica lag (s)
     events: list[dict[str, Any]] = field(default_factory=list)
-    challenger_on: list[str | None] = field(default_factory=list)  # per replica, while shadowing
+    challengers: list[set[str]] = field(default_factory=list)  # per replica: challengers it loaded
 
 
 def _audit(cluster: Cluster) -> list[dict[str, Any]]:
@@ -162,12 +166,16 @@ def scenario(cluster: Cluster, mnist: Mnist) -> Iterator[Scenario]:
             if ev is not None and ev["version"] != sc.initial:
                 sc.promoted = ev["version"]
                 break
-            if _event(t, "shadow") and not sc.challenger_on:
-                models = [httpx.get(f"{u}/v1/model").json() for u in watch.urls]
-                sc.challenger_on = [m.get("challenger_version") for m in models]
-            t.send(20, True, "shift")
+            job_running = _event(t, "retrain_started") is not None and _event(t, "retrain_finished") is None
+            # while the worker trains, a trickle (the 2 cores are busy training)
+            t.send(10 if job_running else 50, True, "shift")
+            time.sleep(0.5 if job_running else 0.05)
         if sc.promoted is not None:
             sc.lags[sc.promoted] = _lag(cluster, watch, sc.promoted)
+            # the post-promotion watch of the broken release compares with this version's windows
+            after = 0
+            while after < 2 * WINDOW:
+                after += sum(s.version == sc.promoted for s in t.send(50, True, "shift"))
             # phase 3: a broken copy of the new champion, forced in by an operator
             op = _operator_settings(cluster)
             configure(op)
@@ -178,13 +186,14 @@ def scenario(cluster: Cluster, mnist: Mnist) -> Iterator[Scenario]:
             deadline = time.monotonic() + ROLLBACK_TIMEOUT
             while sc.rolled_back is None and time.monotonic() < deadline:
                 t.send(50, True, "broken")
+                time.sleep(0.1)
                 ev = _event(t, "rollback")
                 if ev is not None and ev["data"].get("from_version") == sc.broken:
                     sc.rolled_back = ev
             if sc.broken in watch.first_seen[0]:
                 sc.lags[sc.broken] = _lag(cluster, watch, sc.broken)
         client.flush_labels(all_=True)
-        sc.events = t.events()
+        sc.events, sc.challengers = t.events(), watch.challengers
         yield sc
     finally:
         watch.stop()
@@ -241,8 +250,8 @@ def test_retrained_challenger_shadowed_on_both_replicas_then_promoted(
     assert scenario.promoted is not None, "no retrained challenger was promoted"
     for k in ("alert", "retrain_started", "retrain_finished", "shadow", "shadow_passed", "promoted"):
         assert k in kinds, k
-    print("challenger seen by each replica while shadowing:", scenario.challenger_on)
-    assert len(scenario.challenger_on) == 2 and all(scenario.challenger_on)
+    print("challengers each replica loaded:", scenario.challengers)
+    assert len(scenario.challengers) == 2 and all(scenario.promoted in c for c in scenario.challengers)
     prom = Prometheus(cluster.url(cluster.cfg.ports.prometheus))
     shadowed = prom.query('count by (instance) (mnistops_shadow_agreement_ratio{job="mnistops-api"})')
     print("replicas that shadowed (agreement gauge):", [r["metric"]["instance"] for r in shadowed])
