@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from helpers.cluster import REPO, WINDOW, Cluster
-from helpers.promql import Prometheus, alert_exprs, dashboard_exprs, metric_names, operands
+from helpers.promql import Prometheus, alert_exprs, dashboard_exprs, metric_names, operands, scale_offsets
 from mnistops.demo.loop import Traffic, make_broken
 from mnistops.demo.stream import StreamClient
 from mnistops.registry.core import Registry, configure
@@ -288,7 +288,7 @@ def test_every_dashboard_and_alert_query_returns_data(cluster: Cluster, scenario
         if n == 0:
             empty.append(e)
     for name, e in alert_exprs(REPO / "deploy" / "prometheus" / "alerts.yml").items():
-        for part in operands(e):
+        for part in operands(scale_offsets(e, cluster.cfg.rule_speedup)):
             n = len(prom.query(part))
             print(f"  {name:<36} {n:3d} series  {part}")
             if n == 0:

@@ -46,6 +46,17 @@ def operands(expr: str) -> list[str]:
     return [_TRAILING_CMP.sub("", part.strip()) for part in re.split(r"\s+and\s+on\s*\(\s*\)\s+", expr)]
 
 
+def scale_offsets(expr: str, factor: float) -> str:
+    """``offset`` durations divided by ``factor`` (the test cluster's fast clock; ``offset 1h`` looks
+    further back than a cluster a few minutes old has data)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def scale(m: re.Match[str]) -> str:
+        return f"offset {max(1, round(int(m.group(1)) * units[m.group(2)] / factor))}s"
+
+    return re.sub(r"offset\s+(\d+)([smhd])\b", scale, expr)
+
+
 def metric_names(expr: str) -> set[str]:
     """Metric names an expression selects."""
     return set(_METRIC.findall(expr))
