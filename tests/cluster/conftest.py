@@ -78,7 +78,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(trained_model_dir: Path, cached_data_dir: Path) -> Iterator[Cluster]:
+def cluster(
+    trained_model_dir: Path, cached_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     """The cluster, healthy (every URL of :func:`health_urls` answers 200); stopped afterwards."""
     missing = _missing_engines()
     if missing:
@@ -124,4 +126,7 @@ def cluster(trained_model_dir: Path, cached_data_dir: Path) -> Iterator[Cluster]
         yield c
     finally:
         _stop(proc)
+        kept = tmp_path_factory.mktemp("cluster") / "cluster.log"  # pytest keeps the last 3 runs
+        shutil.copy(log, kept)
+        print(f"cluster log: {kept}")
         shutil.rmtree(root, ignore_errors=True)
