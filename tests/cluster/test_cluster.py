@@ -33,7 +33,7 @@ from mnistops.training.data import Mnist
 from mnistops.up.cluster import role_env
 from mnistops.up.engines import database_url
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = pytest.mark.slow  # runs its own PostgreSQL: no MNISTOPS_TEST_POSTGRES_URL needed
 
 SHIFT_TIMEOUT = 240.0  # shift → drift → retrain → shadow → promoted
 ROLLBACK_TIMEOUT = 90.0
