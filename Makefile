@@ -9,7 +9,7 @@ DATA_STAMP := .mnistops/data/.verified
 export MNISTOPS_HOME ?= .mnistops
 BENCH_TRAIN_ARGS ?= --repeats 3  # alternating seed/mnistops pairs: median and pooled ratio
 
-.PHONY: setup demo test lint typecheck pytest bench-train bench-serve bench-retention bench-drift clean system-deps
+.PHONY: setup demo cluster test lint typecheck pytest bench-train bench-serve bench-retention bench-drift clean system-deps
 
 setup: $(STAMP) $(DATA_STAMP) system-deps
 
@@ -44,6 +44,11 @@ system-deps:
 
 demo: setup
 	$(BIN)/mnistops demo $(DEMO_ARGS)
+
+# The production topology on loopback: PostgreSQL, mlflow server, 2 API replicas behind nginx, monitor,
+# controller, worker, Prometheus, Alertmanager (state in $(MNISTOPS_HOME)/cluster); Ctrl+C stops all.
+cluster: setup
+	$(BIN)/mnistops up --cluster $(CLUSTER_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -274,15 +274,35 @@ def up(
     max_restarts: Annotated[
         int, typer.Option(help="Consecutive failed runs of a role before `up` stops everything.")
     ] = 5,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            help="The production topology on loopback: PostgreSQL, mlflow server, 2 replicas behind "
+            "nginx, monitor, controller, worker, Prometheus, Alertmanager (state in <home>/cluster)."
+        ),
+    ] = False,
+    seed_model: Annotated[
+        Path | None, typer.Option(help="--cluster: register this model folder if there is no champion.")
+    ] = None,
 ) -> None:
     """Run every role (serve, monitor, controller, worker) as supervised processes; Ctrl+C stops all.
 
     A role that exits is restarted after 1, 2, 4 … 30 s; exit code 0 after a stop, 1 after a crash loop.
     """
+    import os
+
     from mnistops.up import RestartPolicy, run_up
 
     policy = RestartPolicy(grace_seconds=grace, max_restarts=max_restarts)
-    code = run_up(_settings(), procfile=procfile, only=only, policy=policy)
+    s = _settings()
+    if cluster:
+        from mnistops.up.cluster import ClusterConfig, run_cluster
+        from mnistops.up.process import child_env
+
+        cfg = ClusterConfig(root=(s.home / "cluster").resolve(), data_dir=s.data_path, seed_model=seed_model)
+        code = run_cluster(cfg, child_env(os.environ), policy)
+    else:
+        code = run_up(s, procfile=procfile, only=only, policy=policy)
     if code:
         raise typer.Exit(code)
 
@@ -319,6 +339,37 @@ def retrain(
     console.print(job.log, markup=False, highlight=False)
     if job.state != "succeeded":
         raise JobError(job.error or f"job {job.id} {job.state}")
+
+
+@app.command()
+def seed(
+    model: Annotated[
+        Path | None, typer.Option(help="Register this trained folder instead of training one.")
+    ] = None,
+) -> None:
+    """Give the registry a champion if it has none: train (or take MODEL), register, gate, promote."""
+    import shutil
+
+    reg = _registry()
+    current = reg.alias_version("champion")
+    if current is not None:
+        console.print(f"champion is version {current}: nothing to seed")
+        return
+    s = _settings()
+    s.ensure_dirs()
+    if model is None:
+        from mnistops.training.train import TrainConfig, run_training
+
+        model = run_training(TrainConfig(), s).out_dir
+    else:  # another registry's run id means nothing here: register a copy as a local run
+        local = s.home / "seed-model"
+        shutil.rmtree(local, ignore_errors=True)
+        model = Path(shutil.copytree(model, local))
+    version = reg.register(model)
+    report = reg.gate(version)
+    reg.promote(version, actor="seed", reason="seed: first champion", force=not report.passed)
+    gated = "passed" if report.passed else f"FORCED, failed {', '.join(report.failed_checks)}"
+    console.print(f"champion: version {version} (gate {gated})")
 
 
 @app.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -45,6 +46,19 @@ class Ports:
     prometheus: int = 9190
     alertmanager: int = 9193
     receiver: int = 9195  # the loopback webhook Alertmanager and the monitor deliver to
+
+    @classmethod
+    def free(cls, replicas: int = 2) -> Ports:
+        """Ports the kernel hands out now (for tests: all bound at once, so all different)."""
+        socks = [socket.socket() for _ in range(9 + replicas)]
+        try:
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+            p = [int(s.getsockname()[1]) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+        return cls(p[0], p[1], p[2], tuple(p[9:]), p[3], p[4], p[5], p[6], p[7], p[8])
 
 
 @dataclass
@@ -204,12 +218,16 @@ def fast_rules(text: str, factor: float) -> str:
     return re.sub(r"(\bfor:\s*)(\d+)([smh])\b", scale, text)
 
 
-def prometheus(root: Path, deploy: Path, ports: Ports, *, rule_speedup: float = 1.0) -> Engine:
+def prometheus(
+    root: Path, deploy: Path, ports: Ports, *, rule_speedup: float = 1.0, scrape_seconds: int = 1
+) -> Engine:
     """Prometheus scraping every role and evaluating the rules."""
     d = root / "prometheus"
     rules = (deploy / "prometheus" / "alerts.yml").read_text()
     files = {
-        d / "prometheus.yml": yaml.safe_dump(prometheus_config(deploy, ports), sort_keys=False),
+        d / "prometheus.yml": yaml.safe_dump(
+            prometheus_config(deploy, ports, scrape_seconds=scrape_seconds), sort_keys=False
+        ),
         d / "alerts.yml": fast_rules(rules, rule_speedup) if rule_speedup != 1 else rules,
     }
     argv = [
