@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from live_server import RegistryHome, free_port, make_registry
 
-from helpers.processes import stop_process
+from helpers.processes import stop_process, wait_until
 from mnistops.demo.scenarios import rotate
 from mnistops.registry.core import CHALLENGER, Registry
 from mnistops.store.jobs import JobQueue
@@ -152,6 +152,9 @@ def test_killed_worker_job_rerun_yields_one_challenger(
     second = WorkerProcess(env(), home, "worker2")
     try:
         done = _wait_job(queue, job.id, "done", second, timeout=300)
+        # the job row says succeeded a moment before the worker counts it: poll the counter
+        ok = 'mnistops_retrain_jobs_total{state="succeeded"} 1.0'
+        wait_until(lambda: ok in second.metrics(), timeout=15)
         metrics = second.metrics()
     finally:
         code = second.stop(signal.SIGTERM)
