@@ -46,13 +46,15 @@ def operands(expr: str) -> list[str]:
     return [_TRAILING_CMP.sub("", part.strip()) for part in re.split(r"\s+and\s+on\s*\(\s*\)\s+", expr)]
 
 
-def scale_offsets(expr: str, factor: float) -> str:
+def scale_offsets(expr: str, factor: float, cap: float | None = None) -> str:
     """``offset`` durations divided by ``factor`` (the test cluster's fast clock; ``offset 1h`` looks
-    further back than a cluster a few minutes old has data)."""
+    further back than a cluster a few minutes old has data), at most ``cap`` seconds: on a fast
+    machine the whole scenario may be shorter than the scaled offset."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
     def scale(m: re.Match[str]) -> str:
-        return f"offset {max(1, round(int(m.group(1)) * units[m.group(2)] / factor))}s"
+        secs = max(1, round(int(m.group(1)) * units[m.group(2)] / factor))
+        return f"offset {secs if cap is None else min(secs, int(cap))}s"
 
     return re.sub(r"offset\s+(\d+)([smhd])\b", scale, expr)
 
